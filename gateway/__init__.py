@@ -1,0 +1,1 @@
+"""Palisade gateway: zero-trust inference gateway for a private LLM."""

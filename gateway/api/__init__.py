@@ -1,0 +1,1 @@
+"""HTTP routes: OpenAI- and TGI-compatible inference, health, admin."""

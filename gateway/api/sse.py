@@ -1,0 +1,48 @@
+"""Server-sent events framing shared by the OpenAI and TGI dialects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from litestar.response import Stream
+
+from gateway.errors import ApiError
+from gateway.inference.base import StreamDelta
+
+_log = structlog.get_logger("palisade.sse")
+_encode = msgspec.json.encode
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event(payload: Any) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+def sse_response(
+    deltas: AsyncIterator[StreamDelta],
+    render: Callable[[StreamDelta], list[Any]],
+    *,
+    request_id: str | None,
+    done: bool = True,
+    headers: dict[str, str] | None = None,
+) -> Stream:
+    """Stream ``render(delta)`` payloads as SSE; an error after the start becomes a final error event."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for delta in deltas:
+                for payload in render(delta):
+                    yield event(payload)
+        except ApiError as exc:
+            yield event(exc.body(request_id))
+            return
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+        if done:
+            yield b"data: [DONE]\n\n"
+
+    return Stream(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})

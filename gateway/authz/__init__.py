@@ -1,0 +1,1 @@
+"""Authorization: every route names an action; one guard asks the decision point."""

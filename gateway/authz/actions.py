@@ -1,0 +1,48 @@
+"""Every action a route can require, named ``<scope>:<resource>:<action>``.
+
+``PUBLIC`` marks the few routes DESIGN.md lists as reachable without a principal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    PUBLIC = "public"
+    # inference (apps and people)
+    MODEL_INVOKE = "inference:model:invoke"
+    MODEL_LIST = "inference:model:list"
+    SCHEMA_READ = "api:schema:read"
+    # administration
+    KEY_READ = "admin:key:read"
+    KEY_WRITE = "admin:key:write"
+    CLIENT_READ = "admin:client:read"
+    CLIENT_WRITE = "admin:client:write"
+    USER_READ = "admin:user:read"
+    USER_WRITE = "admin:user:write"
+    POLICY_READ = "admin:policy:read"
+    POLICY_WRITE = "admin:policy:write"
+    LIMIT_READ = "admin:limit:read"
+    LIMIT_WRITE = "admin:limit:write"
+    MODEL_READ = "admin:model:read"
+    MODEL_WRITE = "admin:model:write"
+    # audit
+    AUDIT_READ = "audit:log:read"
+    AUDIT_EXPORT = "audit:log:export"
+    # self-service (a person's own session, MFA, credentials)
+    SELF_READ = "self:account:read"
+    SELF_WRITE = "self:account:write"
+
+
+#: Routes reachable without a principal (DESIGN.md "Health" and "Auth").
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/oauth/token",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    }
+)

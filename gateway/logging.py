@@ -1,0 +1,41 @@
+"""structlog JSON logs with the request id bound per request; secrets are redacted by key name."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|secret|password|token|cookie|totp|otp|seed)", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+|pal_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+def _redact(_logger, _name, event_dict: dict) -> dict:
+    for key in list(event_dict):
+        if key not in ("event", "request_id", "token_count") and _SECRET_KEYS.search(key):
+            event_dict[key] = "[redacted]"
+        elif isinstance(event_dict[key], str):
+            event_dict[key] = _BEARER.sub("[redacted]", event_dict[key])
+    return event_dict
+
+
+def configure_logging(level: str = "info") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=lvl, force=True)
+    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,63 @@
+"""The outermost ASGI layer: request id, metrics and one access-log line per request.
+
+Pure ASGI (no per-request objects beyond a closure) because it sits on every request's hot path.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import structlog
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.metrics import LATENCY, REQUESTS
+
+_VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_log = structlog.get_logger("palisade.access")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                rid = candidate if _VALID_RID.match(candidate) else None
+                break
+        rid = rid or secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        status = 500
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("path_template") or "unmatched"
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(elapsed)
+            if status >= 400 or route not in ("/healthz", "/metrics", "/readyz"):
+                _log.info(
+                    "request", request_id=rid, method=method, route=route, status=status,
+                    ms=round(elapsed * 1000, 2), principal=scope.get("state", {}).get("principal_id"),
+                )
+
+    return middleware

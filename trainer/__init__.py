@@ -1,0 +1,1 @@
+"""Palisade trainer: governed data pipeline, fine-tuning and pretraining as Celery jobs."""
