@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from gateway.errors import ApiError
 from gateway.middleware import request_id_of
@@ -46,8 +46,6 @@ def validation_handler(request: Request, exc: ValidationException) -> Response:
             msg = item.get("message") or ""
             parts.append(f"{key}: {msg}" if key else msg)
     message = detail if not parts else f"{detail}: " + "; ".join(parts)
-    if "JSON" in detail or "decode" in detail.lower():
-        message = "request body is not valid JSON"
     return _respond(request, ApiError(message, status_code=400))
 
 
@@ -59,6 +57,8 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response:
         message = f"no route {request.method} {request.url.path}"
     elif status == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+    elif isinstance(exc.__cause__, SerializationException):
+        message = f"request body is not valid JSON: {exc.detail}"
     else:
         message = exc.detail or "request failed"
     headers = dict(exc.headers or {})

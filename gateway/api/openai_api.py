@@ -115,10 +115,12 @@ async def run_chat(
             nonlocal first
             out: list[Any] = []
             if d.text or d.finish_reason or first:
-                delta: dict[str, Any] = {"content": d.text} if (d.text or not first) else {"content": ""}
-                if first:
+                delta: dict[str, Any] = {"content": d.text}
+                if first or tgi_dialect:  # TGI's client requires role and tool_calls on every delta
                     delta["role"] = "assistant"
                     first = False
+                if tgi_dialect:
+                    delta["tool_calls"] = None
                 out.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                             "system_fingerprint": FINGERPRINT,
                             "choices": [{"index": 0, "delta": delta, "logprobs": None,
@@ -128,7 +130,8 @@ async def run_chat(
                             "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage_dict(d.usage)})
             return out
 
-        return sse_response(deltas, render, request_id=gen.request_id)
+        # TGI's client json-decodes every data line, so its dialect ends without OpenAI's [DONE] sentinel
+        return sse_response(deltas, render, request_id=gen.request_id, done=not tgi_dialect)
     result = await services.inference.complete(request, prepared)
     return {
         "id": cid, "object": "chat.completion", "created": created, "model": model,

@@ -26,6 +26,7 @@ class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[Any] | None = None  # TGI's client always sends it (null)
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):

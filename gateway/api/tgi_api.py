@@ -159,4 +159,5 @@ class TGIController(Controller):
         params, given = sampling(data, services.settings.default_max_tokens)
         gen = GenerationRequest(request_id_of(request.scope) or "", params, messages=data.plain_messages())
         return await run_chat(request, model, gen, given, stream=data.stream,
-                              include_usage=bool(data.stream_options and data.stream_options.include_usage))
+                              include_usage=bool(data.stream_options and data.stream_options.include_usage),
+                              tgi_dialect=True)
