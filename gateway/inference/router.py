@@ -1,0 +1,497 @@
+"""Model alias → pool of endpoints: least-busy choice, per-endpoint caps, bounded retry, circuit breakers,
+active health checks, and the mapping of backend errors to gateway errors.
+
+A pool is replaced atomically by :meth:`Router.set_route` (hot swap): requests already running keep the
+endpoint they hold and finish; endpoints that left the route are closed once they have drained.
+
+The router owns the backends it is given: :meth:`Router.start` starts them, removal (after drain) and
+:meth:`Router.close` close them. Backends passed to ``set_route`` after ``start`` must already be started
+(load the new model first, then swap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.inference.base import (
+    Backend,
+    BackendConnectError,
+    BackendError,
+    BackendInputError,
+    BackendTimeout,
+    GenerationRequest,
+    GenerationResult,
+    StreamDelta,
+)
+from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    """Closed → (``failures`` consecutive failures) → open for ``reset_s`` → half-open: one trial decides."""
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, failures: int, reset_s: float, clock: Any = time.monotonic) -> None:
+        self.threshold = max(1, failures)
+        self.reset_s = reset_s
+        self._clock = clock
+        self._state = self.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        if self._state == self.OPEN and self._clock() - self.opened_at >= self.reset_s:
+            return self.HALF_OPEN
+        return self._state
+
+    def available(self) -> bool:
+        """Could take a request now (no side effect)."""
+        state = self.state
+        return state == self.CLOSED or (state == self.HALF_OPEN and not self._trial)
+
+    def acquire(self) -> bool:
+        """Called when a request is sent; True when it is the single half-open trial."""
+        if self.state == self.HALF_OPEN:
+            self._state = self.HALF_OPEN
+            self._trial = True
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        if self._state == self.OPEN:
+            return max(0.0, self.reset_s - (self._clock() - self.opened_at))
+        return 0.0
+
+    def success(self) -> None:
+        self._state = self.CLOSED
+        self.failures = 0
+        self._trial = False
+
+    def failure(self) -> None:
+        state = self.state
+        if state == self.HALF_OPEN:
+            self._open()
+            return
+        if state == self.OPEN:  # a request sent before it opened: keep the reset time
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self._open()
+
+    def abandon(self) -> None:
+        """The request ended without a verdict (client went away): free the half-open trial."""
+        self._trial = False
+
+    def _open(self) -> None:
+        self._state = self.OPEN
+        self.opened_at = self._clock()
+        self._trial = False
+
+
+class _Endpoint:
+    __slots__ = ("alias", "backend", "breaker", "healthy", "inflight", "max_concurrency", "name")
+
+    def __init__(self, alias: str, backend: Backend, max_concurrency: int, breaker: CircuitBreaker) -> None:
+        self.alias = alias
+        self.backend = backend
+        self.name = getattr(backend, "name", None) or type(backend).__name__
+        self.max_concurrency = max(1, max_concurrency)
+        self.breaker = breaker
+        self.healthy = True  # optimistic until the first health check says otherwise
+        self.inflight = 0
+
+    def usable(self) -> bool:
+        return self.healthy and self.breaker.available()
+
+
+class _Pool:
+    def __init__(self, alias: str, endpoints: list[_Endpoint]) -> None:
+        self.alias = alias
+        self.endpoints = endpoints
+        self.freed = asyncio.Event()
+        self.retired = False
+
+    def notify(self) -> None:
+        self.freed.set()
+        self.freed = asyncio.Event()
+
+    def pick(self, exclude: set[int]) -> tuple[_Endpoint | None, bool]:
+        """Least-busy usable endpoint with a free slot; (None, True) when usable ones exist but are full."""
+        best: _Endpoint | None = None
+        busy = False
+        for ep in self.endpoints:
+            if id(ep) in exclude or not ep.usable():
+                continue
+            if ep.inflight >= ep.max_concurrency:
+                busy = True
+                continue
+            if best is None or ep.inflight / ep.max_concurrency < best.inflight / best.max_concurrency:
+                best = ep
+        return best, busy
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_retries: int = 1,
+        queue_timeout_s: float | None = None,
+        health_timeout_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.max_retries = max(0, max_retries)
+        #: how long a request waits for a free slot before 503
+        self.queue_timeout_s = (
+            queue_timeout_s if queue_timeout_s is not None else min(30.0, settings.read_timeout_s)
+        )
+        self.health_timeout_s = health_timeout_s or max(
+            1.0, min(settings.connect_timeout_s + 2.0, settings.health_interval_s)
+        )
+        self._pools: dict[str, _Pool] = {}
+        self._health_task: asyncio.Task | None = None
+        self._drains: set[asyncio.Task] = set()
+        self._started = False
+
+    # ------------------------------------------------------------------ routes
+    def set_route(self, alias: str, backends: list[Backend], *, max_concurrency: int = 64) -> None:
+        if not backends:
+            raise ValueError(f"route {alias!r} needs at least one backend")
+        old = self._pools.get(alias)
+        kept = {id(ep.backend): ep for ep in old.endpoints} if old else {}
+        endpoints = []
+        for b in backends:
+            ep = kept.get(id(b))
+            if ep is None:
+                ep = _Endpoint(
+                    alias,
+                    b,
+                    max_concurrency,
+                    CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s),
+                )
+                BACKEND_HEALTHY.labels(alias, ep.name).set(1)
+            else:  # same backend object stays: keep its health, breaker and in-flight count
+                ep.max_concurrency = max(1, max_concurrency)
+            endpoints.append(ep)
+        self._pools[alias] = _Pool(alias, endpoints)  # atomic: new requests see the new pool from here on
+        if old is not None:
+            old.retired = True
+            old.notify()
+            self._retire([ep for ep in old.endpoints if ep not in endpoints])
+
+    def remove_route(self, alias: str) -> None:
+        old = self._pools.pop(alias, None)
+        if old is not None:
+            old.retired = True
+            old.notify()
+            self._retire(old.endpoints)
+
+    def _retire(self, endpoints: list[_Endpoint]) -> None:
+        if not endpoints:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (set up before start): nothing runs on them yet, nothing to drain
+        task = loop.create_task(self._drain_and_close(endpoints))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain_and_close(self, endpoints: list[_Endpoint]) -> None:
+        while any(ep.inflight for ep in endpoints):
+            await asyncio.sleep(0.05)
+        for ep in endpoints:
+            if self._in_use(ep.backend):
+                continue
+            with contextlib.suppress(Exception):
+                BACKEND_HEALTHY.remove(ep.alias, ep.name)
+            try:
+                await ep.backend.close()
+            except Exception:
+                log.exception("closing endpoint %s of %s failed", ep.name, ep.alias)
+
+    def _in_use(self, backend: Backend) -> bool:
+        return any(ep.backend is backend for pool in self._pools.values() for ep in pool.endpoints)
+
+    def aliases(self) -> list[str]:
+        return sorted(self._pools)
+
+    def has(self, alias: str) -> bool:
+        return alias in self._pools
+
+    def _pool(self, alias: str) -> _Pool:
+        pool = self._pools.get(alias)
+        if pool is None:
+            raise NotFound(f"model '{alias}' does not exist", param="model", code="model_not_found")
+        return pool
+
+    def context_length(self, alias: str) -> int | None:
+        known = [ep.backend.context_length for ep in self._pool(alias).endpoints if ep.backend.context_length]
+        return min(known) if known else None
+
+    def count_prompt_tokens(self, alias: str, req: GenerationRequest) -> int:
+        pool = self._pool(alias)
+        ep = next((e for e in pool.endpoints if e.healthy), pool.endpoints[0])
+        return ep.backend.count_prompt_tokens(req)
+
+    # ------------------------------------------------------------------ slots
+    def _unavailable(self, pool: _Pool) -> ServiceUnavailable:
+        waits = [
+            ep.breaker.retry_after() for ep in pool.endpoints if ep.healthy and ep.breaker.retry_after() > 0
+        ]
+        retry = min(waits) if waits else self.settings.health_interval_s
+        return ServiceUnavailable(
+            f"no healthy endpoint for model '{pool.alias}'",
+            headers={"Retry-After": str(max(1, math.ceil(retry)))},
+        )
+
+    async def _acquire(self, alias: str, exclude: set[int]) -> tuple[_Endpoint, bool]:
+        """A slot on the best endpoint; the flag says it is that endpoint's half-open trial."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_timeout_s
+        waiting = False
+        try:
+            while True:
+                pool = self._pool(alias)  # re-read: a hot swap while waiting sends us to the new pool
+                ep, busy = pool.pick(exclude)
+                if ep is not None:
+                    trial = ep.breaker.acquire()
+                    ep.inflight += 1
+                    BACKEND_INFLIGHT.labels(alias, ep.name).inc()
+                    return ep, trial
+                if not busy:
+                    BACKEND_ERRORS.labels(alias, "-", "unavailable").inc()
+                    raise self._unavailable(pool)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    BACKEND_ERRORS.labels(alias, "-", "queue_timeout").inc()
+                    raise ServiceUnavailable(
+                        f"model '{alias}' is at capacity, try again later", headers={"Retry-After": "1"}
+                    )
+                if not waiting:
+                    waiting = True
+                    QUEUE_DEPTH.labels(alias).inc()
+                freed = pool.freed
+                with contextlib.suppress(TimeoutError):
+                    # wake at least every health interval: health or breaker changes do not signal
+                    await asyncio.wait_for(freed.wait(), min(remaining, 0.5))
+        finally:
+            if waiting:
+                QUEUE_DEPTH.labels(alias).dec()
+
+    def _release(self, ep: _Endpoint, *, trial: bool, verdict: bool) -> None:
+        if trial and not verdict:  # the half-open trial ended without a verdict: let another one go
+            ep.breaker.abandon()
+        ep.inflight -= 1
+        BACKEND_INFLIGHT.labels(ep.alias, ep.name).dec()
+        pool = self._pools.get(ep.alias)
+        if pool is not None:
+            pool.notify()
+
+    # ------------------------------------------------------------------ outcomes
+    def _fail(self, ep: _Endpoint, kind: str) -> None:
+        BACKEND_ERRORS.labels(ep.alias, ep.name, kind).inc()
+        ep.breaker.failure()
+
+    def _to_api_error(self, ep: _Endpoint, exc: BaseException) -> ApiError:
+        """Records the failure and returns the error the client sees (no upstream internals)."""
+        alias = ep.alias
+        if isinstance(exc, BackendInputError):
+            BACKEND_ERRORS.labels(alias, ep.name, "input").inc()
+            ep.breaker.success()  # the upstream answered properly
+            return BadRequest(str(exc) or "the input cannot be served by this model")
+        if isinstance(exc, BackendTimeout):
+            self._fail(ep, "timeout")
+            log.warning("endpoint %s of %s timed out: %s", ep.name, alias, exc)
+            return UpstreamTimeout(f"the inference server for model '{alias}' did not answer in time")
+        if isinstance(exc, BackendConnectError):
+            self._fail(ep, "connect")
+            log.warning("endpoint %s of %s unreachable: %s", ep.name, alias, exc)
+            return self._unavailable(self._pools.get(alias) or _Pool(alias, [ep]))
+        if isinstance(exc, BackendError):
+            self._fail(ep, "error")
+            log.warning("endpoint %s of %s failed: %s", ep.name, alias, exc)
+        else:
+            self._fail(ep, "internal")
+            log.error("endpoint %s of %s raised %r", ep.name, alias, exc, exc_info=exc)
+        return UpstreamError(f"the inference server for model '{alias}' failed")
+
+    # ------------------------------------------------------------------ requests
+    async def generate(self, alias: str, req: GenerationRequest) -> GenerationResult:
+        self._pool(alias)
+        tried: set[int] = set()
+        last: ApiError | None = None
+        for _attempt in range(1 + self.max_retries):
+            if tried and last is not None:
+                try:
+                    ep, trial = await self._acquire(alias, tried)
+                except ServiceUnavailable:
+                    raise last from None
+            else:
+                ep, trial = await self._acquire(alias, tried)
+            tried.add(id(ep))
+            verdict = False
+            try:
+                result = await ep.backend.generate(req)
+            except BackendConnectError as exc:
+                verdict = True
+                last = self._to_api_error(ep, exc)
+                continue
+            except Exception as exc:
+                verdict = True
+                raise self._to_api_error(ep, exc) from None
+            else:
+                verdict = True
+                ep.breaker.success()
+                return result
+            finally:
+                self._release(
+                    ep, trial=trial, verdict=verdict
+                )  # not verdict: cancelled, no verdict on the endpoint
+        assert last is not None
+        raise last
+
+    async def stream(self, alias: str, req: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        self._pool(alias)
+        tried: set[int] = set()
+        last: ApiError | None = None
+        for _attempt in range(1 + self.max_retries):
+            if tried and last is not None:
+                try:
+                    ep, trial = await self._acquire(alias, tried)
+                except ServiceUnavailable:
+                    raise last from None
+            else:
+                ep, trial = await self._acquire(alias, tried)
+            tried.add(id(ep))
+            it = ep.backend.stream(req)
+            yielded = False
+            verdict = False
+            retry = False
+            try:
+                while True:
+                    try:
+                        delta = await anext(it)
+                    except StopAsyncIteration:
+                        break
+                    except BackendConnectError as exc:
+                        verdict = True
+                        last = self._to_api_error(ep, exc)
+                        if yielded:
+                            raise UpstreamError(f"the inference server for model '{alias}' failed") from None
+                        retry = True
+                        break
+                    except Exception as exc:
+                        verdict = True
+                        raise self._to_api_error(ep, exc) from None
+                    yielded = True
+                    yield delta
+                if not retry:
+                    verdict = True
+                    ep.breaker.success()
+                    return
+            finally:
+                try:
+                    await it.aclose()  # propagates the cancellation to the backend (frees its slot upstream)
+                except Exception:
+                    log.debug("closing the stream of %s failed", ep.name, exc_info=True)
+                finally:
+                    self._release(
+                        ep, trial=trial, verdict=verdict
+                    )  # not verdict: closed early by the consumer, or cancelled
+        assert last is not None
+        raise last
+
+    # ------------------------------------------------------------------ lifecycle + health
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        endpoints = [ep for pool in self._pools.values() for ep in pool.endpoints]
+        unique = list({id(ep.backend): ep for ep in endpoints}.values())
+        results = await asyncio.gather(*(ep.backend.start() for ep in unique), return_exceptions=True)
+        for ep, res in zip(unique, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("endpoint %s of %s failed to start: %r", ep.name, ep.alias, res)
+                for e in endpoints:
+                    if e.backend is ep.backend:
+                        self._mark(e, False)
+        await self.check_health()
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop(), name="router-health")
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._health_task
+            self._health_task = None
+        for task in list(self._drains):
+            task.cancel()
+        backends = {id(ep.backend): ep.backend for pool in self._pools.values() for ep in pool.endpoints}
+        for backend in backends.values():
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing backend %s failed", getattr(backend, "name", backend))
+        self._started = False
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            try:
+                await self.check_health()
+            except Exception:  # never let the loop die
+                log.exception("health check round failed")
+
+    async def check_health(self) -> None:
+        """One round of active health checks over every endpoint (concurrently, each bounded)."""
+        endpoints = [ep for pool in list(self._pools.values()) for ep in pool.endpoints]
+        if not endpoints:
+            return
+        results = await asyncio.gather(*(self._probe(ep.backend) for ep in endpoints))
+        for ep, ok in zip(endpoints, results, strict=True):
+            self._mark(ep, ok)
+        for pool in list(self._pools.values()):
+            pool.notify()
+
+    async def _probe(self, backend: Backend) -> bool:
+        try:
+            async with asyncio.timeout(self.health_timeout_s):
+                return bool(await backend.health())
+        except Exception:
+            return False
+
+    def _mark(self, ep: _Endpoint, healthy: bool) -> None:
+        if ep.healthy != healthy:
+            log.info("endpoint %s of %s is now %s", ep.name, ep.alias, "healthy" if healthy else "unhealthy")
+        ep.healthy = healthy
+        BACKEND_HEALTHY.labels(ep.alias, ep.name).set(1 if healthy else 0)
+
+    def status(self) -> dict[str, list[dict]]:
+        return {
+            alias: [
+                {
+                    "endpoint": ep.name,
+                    "healthy": ep.healthy,
+                    "breaker": ep.breaker.state,
+                    "inflight": ep.inflight,
+                }
+                for ep in pool.endpoints
+            ]
+            for alias, pool in sorted(self._pools.items())
+        }
+
+    def ready(self) -> bool:
+        return all(any(ep.healthy for ep in pool.endpoints) for pool in self._pools.values())

@@ -1,0 +1,226 @@
+"""TGI and OpenAI-compatible backends against real (fake) upstream HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.inference.base import (
+    BackendConnectError,
+    BackendError,
+    BackendInputError,
+    BackendTimeout,
+    GenerationRequest,
+    SamplingParams,
+)
+from gateway.inference.openai_upstream import OpenAIBackend
+from gateway.inference.tgi import TGIBackend
+from tests.support.fake_upstreams import serve_fake
+
+TIMEOUTS = {"connect_timeout_s": 0.5, "read_timeout_s": 0.5, "stream_idle_timeout_s": 0.5}
+PROTOCOLS = ["tgi", "openai"]
+
+
+def make_backend(protocol: str, url: str, **kw):
+    opts = {**TIMEOUTS, **kw}
+    if protocol == "tgi":
+        return TGIBackend(url, name="tgi-test", **opts)
+    return OpenAIBackend(url, name="openai-test", upstream_model="fake-model", **opts)
+
+
+def prompt_req(text: str = "hello there world", max_tokens: int = 16, **kw) -> GenerationRequest:
+    return GenerationRequest(request_id="r1", prompt=text, params=SamplingParams(max_tokens=max_tokens, **kw))
+
+
+def chat_req(text: str = "hello there world", max_tokens: int = 16) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="r2",
+        params=SamplingParams(max_tokens=max_tokens),
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": text}],
+    )
+
+
+async def collect(backend, req):
+    deltas = []
+    async for d in backend.stream(req):
+        deltas.append(d)
+    return deltas
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("kind", ["prompt", "chat"])
+async def test_generate_and_stream_ok(protocol: str, kind: str) -> None:
+    with serve_fake("ok", protocol) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            req = prompt_req() if kind == "prompt" else chat_req()
+            result = await backend.generate(req)
+            assert result.text == "Echo: hello there world"
+            assert result.finish_reason == "stop"
+            assert result.usage.completion_tokens == 4
+            assert result.usage.prompt_tokens > 0
+
+            deltas = await collect(backend, req)
+            assert "".join(d.text for d in deltas) == "Echo: hello there world"
+            assert deltas[-1].finish_reason == "stop"
+            assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 4
+            assert all(d.finish_reason is None for d in deltas[:-1])
+
+            short = prompt_req(max_tokens=2) if kind == "prompt" else chat_req(max_tokens=2)
+            result = await backend.generate(short)
+            assert result.finish_reason == "length" and result.text == "Echo: hello "
+            assert await backend.health() is True
+        finally:
+            await backend.close()
+
+
+async def test_tgi_wire_parameters() -> None:
+    with serve_fake("ok", "tgi") as srv:
+        backend = make_backend("tgi", srv.url)
+        try:
+            greedy = SamplingParams(max_tokens=5, temperature=0.0, top_p=0.9, stop=["\n"])
+            lora = GenerationRequest(request_id="r", prompt="hi", adapter_id="lora", params=greedy)
+            await backend.generate(lora)
+            params = srv.stats.last_body["parameters"]
+            assert params["adapter_id"] == "lora"
+            assert params["do_sample"] is False and params["max_new_tokens"] == 5 and params["stop"] == ["\n"]
+            assert params.get("top_p") is None and params["details"] is True
+
+            sampled = SamplingParams(max_tokens=5, temperature=0.7, top_p=0.9, seed=7)
+            await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=sampled))
+            params = srv.stats.last_body["parameters"]
+            assert params["do_sample"] is True and params["temperature"] == 0.7 and params["top_p"] == 0.9
+            assert params["seed"] == 7 and "adapter_id" not in params
+        finally:
+            await backend.close()
+
+
+async def test_openai_wire_parameters_and_key() -> None:
+    with serve_fake("ok", "openai") as srv:
+        backend = OpenAIBackend(srv.url, name="o", upstream_model="gpt-x", api_key="sekrit", **TIMEOUTS)
+        try:
+            deltas = await collect(backend, chat_req())
+            body = srv.stats.last_body
+            assert body["model"] == "gpt-x" and body["stream"] is True
+            assert body["stream_options"] == {"include_usage": True}
+            assert deltas[-1].usage.prompt_tokens > 0
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_die_mid_stream_raises_after_first_deltas(protocol: str) -> None:
+    with serve_fake("die_mid_stream", protocol) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            got = []
+            start = time.monotonic()
+            with pytest.raises(BackendError) as info:
+                async for d in backend.stream(prompt_req("one two three four five")):
+                    got.append(d.text)
+            assert not isinstance(info.value, BackendConnectError | BackendTimeout)
+            assert got == ["Echo: ", "one "]
+            assert time.monotonic() - start < 2
+            with pytest.raises(BackendError):
+                await backend.generate(prompt_req())
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_hang_times_out(protocol: str) -> None:
+    with serve_fake("hang", protocol) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            start = time.monotonic()
+            with pytest.raises(BackendTimeout):
+                await backend.generate(prompt_req())
+            with pytest.raises(BackendTimeout):
+                await collect(backend, chat_req())
+            assert time.monotonic() - start < 4
+            assert await backend.health() is False
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_stream_idle_timeout(protocol: str) -> None:
+    with serve_fake("slow", protocol, token_delay=1.5) as srv:
+        backend = make_backend(protocol, srv.url, read_timeout_s=3.0, stream_idle_timeout_s=0.3)
+        try:
+            start = time.monotonic()
+            with pytest.raises(BackendTimeout):
+                await collect(backend, prompt_req())
+            assert time.monotonic() - start < 1.5
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_down_is_connect_error(protocol: str) -> None:
+    with serve_fake("down", protocol) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            with pytest.raises(BackendConnectError):
+                await backend.generate(prompt_req())
+            with pytest.raises(BackendConnectError):
+                await collect(backend, chat_req())
+            assert await backend.health() is False
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_garbage_and_500(protocol: str) -> None:
+    with serve_fake("garbage", protocol) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            for req in (prompt_req(), chat_req()):
+                with pytest.raises(BackendError, match="garbage"):
+                    await backend.generate(req)
+                with pytest.raises(BackendError, match="garbage"):
+                    await collect(backend, req)
+            srv.set_mode("error500")
+            for req in (prompt_req(), chat_req()):
+                with pytest.raises(BackendError) as info:
+                    await backend.generate(req)
+                assert not isinstance(info.value, BackendConnectError | BackendTimeout)
+                with pytest.raises(BackendError):
+                    await collect(backend, req)
+            assert await backend.health() is False
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_input_too_long_is_input_error(protocol: str) -> None:
+    with serve_fake("ok", protocol, max_input_chars=100) as srv:
+        backend = make_backend(protocol, srv.url)
+        try:
+            with pytest.raises(BackendInputError, match="2048"):
+                await backend.generate(prompt_req("x " * 200))
+            with pytest.raises(BackendInputError):
+                await collect(backend, chat_req("y " * 200))
+        finally:
+            await backend.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_closing_stream_closes_upstream_connection(protocol: str) -> None:
+    with serve_fake("slow", protocol, token_delay=0.05) as srv:
+        backend = make_backend(protocol, srv.url, stream_idle_timeout_s=2.0, read_timeout_s=2.0)
+        try:
+            gen = backend.stream(prompt_req(" ".join(f"w{i}" for i in range(200)), max_tokens=200))
+            first = await anext(gen)
+            assert first.text
+            await gen.aclose()
+            for _ in range(100):
+                if srv.stats.disconnects >= 1 and srv.stats.active == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert srv.stats.disconnects == 1
+            assert srv.stats.active == 0
+        finally:
+            await backend.close()
