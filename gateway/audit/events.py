@@ -17,6 +17,37 @@ class Tag:
     KEY_CREATE = "admin:key:create"
     KEY_REVOKE = "admin:key:revoke"
     MODEL_SEED = "admin:model:seed"
+    # audit trail and keyring (issue 5)
+    AUDIT_EXPORT = "audit:log:export"
+    AUDIT_PRUNE = "audit:log:prune"
+    KEYRING_ROTATE = "admin:keyring:rotate"
+    # identity (issue 3)
+    TOKEN_ISSUE = "authn:token:issue"
+    TOKEN_DENY = "authn:token:deny"
+    LOGIN_PASSWORD = "authn:login:password"
+    LOGIN_SUCCESS = "authn:login:success"
+    LOGIN_FAILURE = "authn:login:failure"
+    ACCOUNT_LOCKED = "authn:account:locked"
+    STEP_UP = "authn:mfa:step-up"
+    LOGOUT = "authn:session:logout"
+    LOGOUT_ALL = "authn:session:logout-everywhere"
+    MFA_ENROL = "authn:mfa:enrol"
+    MFA_REMOVE = "authn:mfa:remove"
+    RECOVERY_REGENERATE = "authn:mfa:recovery-regenerate"
+    CLIENT_CREATE = "admin:client:create"
+    CLIENT_DISABLE = "admin:client:disable"
+    USER_CREATE = "admin:user:create"
+    USER_DISABLE = "admin:user:disable"
+    USER_ENABLE = "admin:user:enable"
+    USER_UNLOCK = "admin:user:unlock"
+    SIGNING_KEY_ROTATE = "admin:signing-key:rotate"
+    # authorization and limits (issue 4)
+    POLICY_CHANGE = "admin:policy:change"
+    POLICY_ROLLBACK = "admin:policy:rollback"
+    LIMITS_CHANGE = "admin:limit:change"
+    USAGE_ANOMALY = "limits:usage:anomaly"
+    PRINCIPAL_SUSPEND = "limits:principal:suspend"
+    PRINCIPAL_UNSUSPEND = "limits:principal:unsuspend"
 
 
 @dataclass(slots=True)

@@ -46,10 +46,12 @@ def create_key(env: dict[str, str], name: str = "test-app", *models: str) -> str
 class GatewayProcess:
     """``palisade serve`` in a subprocess; ``url`` once /readyz answers."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, ca: Path | None = None) -> None:
         self.env = env
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        #: with ``ca`` (the CA of PALISADE_TLS_CERT) the gateway is reached over https, verified against it
+        self.verify: str | bool = str(ca) if ca is not None else True
+        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -65,7 +67,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                if httpx.get(self.url + path, timeout=2, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,0 +1,294 @@
+"""``AuditChain``: the durable, hash-chained audit trail (the gateway's ``services.audit``).
+
+``await chain.record(event)`` returns only after the record's transaction committed, and raises
+``AuditUnavailable`` (a 503 ApiError, so every audited path fails closed) when it cannot. Concurrent records are
+group-committed: one writer task drains a queue and appends a batch per transaction. Each batch first locks the
+``audit_head`` row, so appends from every gateway process on one database form ONE chain. Checkpoints (Ed25519
+over seq + head hash) are signed every N records and every T seconds, also when idle, and each is appended to an
+external head file too, so a truncated tail is detectable even if the database is rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, insert, select, text, update
+
+from gateway.audit.canonical import GENESIS, canonical_details, checkpoint_payload, iso, record_hash
+from gateway.audit.events import AuditEvent
+from gateway.audit.shipping import Sink, sinks_from_settings
+from gateway.audit.signing import AuditSigner
+from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
+from gateway.db.base import utcnow
+from gateway.db.session import Database
+from gateway.errors import ServiceUnavailable
+from gateway.settings import Settings
+
+_log = structlog.get_logger("palisade.audit")
+_SECRET_KEY = re.compile(
+    r"(authorization|api[_-]?key|secret|password|token|cookie|totp|otp|seed|credential)", re.I
+)
+_SECRET_VALUE = re.compile(
+    r"pal_[0-9a-f]{12}_[A-Za-z0-9_-]{43}|Bearer\s+\S+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\."
+)
+_RECORDS = AuditRecord.__table__
+BATCH_MAX = 2000
+
+
+class AuditUnavailable(ServiceUnavailable):
+    def __init__(
+        self, message: str = "the audit trail cannot record this request; refusing to answer"
+    ) -> None:
+        super().__init__(message)
+
+
+def head_file_of(settings: Settings) -> Path:
+    return settings.audit_head_file or settings.data_dir / "audit-head.jsonl"
+
+
+class AuditChain:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        keyring: Any,
+        signer: AuditSigner,
+        sinks: list[Sink] | None = None,
+    ) -> None:
+        self.settings, self.db, self.keyring, self.signer = settings, db, keyring, signer
+        self.sinks = sinks or []
+        self.head_file = head_file_of(settings)
+        self._queue: asyncio.Queue[tuple[AuditEvent, asyncio.Future[int]] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._last_cp_seq = 0
+        self._closed = False
+
+    @classmethod
+    async def open(cls, settings: Settings, db: Database, keyring: Any) -> AuditChain:
+        signer = await AuditSigner.load_or_create(db, keyring)
+        chain = cls(
+            settings, db, keyring, signer, sinks_from_settings(settings.audit_ship, settings.audit_syslog)
+        )
+        await chain.start()
+        return chain
+
+    async def start(self) -> None:
+        async with self.db.session() as s:
+            self._last_cp_seq = (await s.execute(select(func.max(AuditCheckpoint.seq)))).scalar() or 0
+        self._writer = asyncio.create_task(self._write_loop(), name="audit-writer")
+        self._ticker = asyncio.create_task(self._tick_loop(), name="audit-checkpoints")
+
+    # --- the one audit call ------------------------------------------------------------------------------
+    async def record(self, event: AuditEvent) -> int:
+        """Append ``event`` durably; returns its seq. Raises AuditUnavailable (503) when it cannot."""
+        if self._closed or self._writer is None or self._writer.done():
+            raise AuditUnavailable()
+        event.at = event.at or utcnow()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.audit_write_timeout_s)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # a timeout: the record may still commit later; the request is refused now
+            raise AuditUnavailable() from exc
+
+    # --- group commit -------------------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < BATCH_MAX and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._write_batch(batch)
+            if stop:
+                return
+
+    async def _write_batch(self, batch: list[tuple[AuditEvent, asyncio.Future[int]]]) -> None:
+        try:
+            rows = await self._append([e for e, _ in batch])
+        except Exception as exc:
+            _log.error(
+                "audit append failed; requests fail closed", error=type(exc).__name__, detail=str(exc)[:300]
+            )
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(AuditUnavailable())
+            return
+        for (_, fut), row in zip(batch, rows, strict=True):
+            if not fut.done():
+                fut.set_result(row["seq"])
+        self._ship(rows)
+        if rows[-1]["seq"] - self._last_cp_seq >= self.settings.audit_checkpoint_every:
+            await self._safe_checkpoint()
+
+    async def _append(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
+        async with self.db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                await conn.execute(text("SET LOCAL statement_timeout = '15s'"))
+            seq, prev = await _lock_head(conn)
+            rows = []
+            for event in events:
+                seq += 1
+                row = self._row(event, seq, prev)
+                prev = row["hash"]
+                rows.append(row)
+            await conn.execute(insert(_RECORDS), rows)
+            await conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        return rows
+
+    def _row(self, event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
+        details = canonical_details(self._scrub(event.details or {}))
+        model = (event.details or {}).get("model")
+        if model is None and event.tag.startswith("inference:"):
+            model = event.target
+        at = event.at or utcnow()
+        row = {
+            "seq": seq,
+            "at": at,
+            "tag": event.tag,
+            "actor": event.actor,
+            "target": event.target,
+            "model": model,
+            "decision": event.decision,
+            "request_id": event.request_id,
+            "details": details,
+            "prev_hash": prev,
+        }
+        row["hash"] = record_hash(
+            iso(at),
+            event.tag,
+            event.actor,
+            event.target,
+            model,
+            event.decision,
+            event.request_id,
+            details,
+            prev,
+        )
+        return row
+
+    def _scrub(self, value: Any, key: str = "") -> Any:
+        """Secrets never enter the trail: values under secret-looking keys, or that look like credentials,
+        become keyed HMACs (still matchable by whoever holds the keyring)."""
+        if isinstance(value, dict):
+            return {k: self._scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v, key) for v in value]
+        if (
+            isinstance(value, str | bytes)
+            and value
+            and (
+                (_SECRET_KEY.search(key) and not key.endswith(("_count", "_tokens")))
+                or (isinstance(value, str) and _SECRET_VALUE.search(value))
+            )
+        ):
+            return "hmac:" + self.keyring.hmac("audit-hmac", value)
+        return value
+
+    def _ship(self, rows: list[dict[str, Any]]) -> None:
+        if not self.sinks:
+            return
+        shipped = [{**r, "at": iso(r["at"]), "details": json.loads(r["details"])} for r in rows]
+        for sink in self.sinks:
+            try:
+                sink.ship(shipped)
+            except Exception as exc:
+                _log.warning("audit shipping failed", sink=type(sink).__name__, error=type(exc).__name__)
+
+    # --- signed checkpoints -------------------------------------------------------------------------------
+    async def checkpoint(
+        self, kind: str = "periodic", *, seq: int | None = None, head_hash: str | None = None
+    ) -> dict[str, Any]:
+        """Sign the current head (or the given seq/hash, for a pruning anchor), store it, append it outside."""
+        async with self.db.engine.begin() as conn:
+            head_seq, head = await _lock_head(conn)
+            seq = head_seq if seq is None else seq
+            head_hash = head if head_hash is None else head_hash
+            at = utcnow()
+            cp = {"seq": seq, "head_hash": head_hash, "at": at, "kind": kind, "key_id": self.signer.key_id}
+            cp["signature"] = self.signer.sign(
+                checkpoint_payload(seq, head_hash, iso(at), kind, self.signer.key_id)
+            )
+            await conn.execute(insert(AuditCheckpoint.__table__), [cp])
+        self._last_cp_seq = max(self._last_cp_seq, seq)
+        line = {**cp, "at": iso(at)}
+        append_head_line(self.head_file, line)
+        return line
+
+    async def _safe_checkpoint(self) -> None:
+        try:
+            await self.checkpoint()
+        except Exception as exc:
+            _log.error("audit checkpoint failed", error=type(exc).__name__)
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.audit_checkpoint_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self._safe_checkpoint()  # also when idle: a fresh signature says "nothing happened since"
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._writer is not None and not self._writer.done():
+            self._queue.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer, timeout=10)
+        await self._safe_checkpoint()
+        for sink in self.sinks:
+            sink.close()
+
+
+async def _lock_head(conn: Any) -> tuple[int, str]:
+    """Take the head row's write lock first (UPDATE locks it on Postgres and takes SQLite's write lock at once),
+    then read it: every appender in every process queues here."""
+    res = await conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    if res.rowcount == 0:  # tables made without the migration's seed row
+        await conn.execute(insert(AuditHead.__table__), [{"id": 1, "seq": 0, "hash": GENESIS}])
+    row = (await conn.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    return int(row.seq), row.hash
+
+
+def append_head_line(path: Path, line: dict[str, Any]) -> None:
+    """One JSON line, appended and fsynced: the external copy of the latest signed head."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def record_once(settings: Settings, db: Database, event: AuditEvent) -> int:
+    """Record one event from a short-lived process (the CLI): open the chain, append, checkpoint, close."""
+    from gateway.crypto import open_keyring
+
+    keyring = await open_keyring(settings, db)
+    chain = await AuditChain.open(settings, db, keyring)
+    try:
+        return await chain.record(event)
+    finally:
+        await chain.close()
