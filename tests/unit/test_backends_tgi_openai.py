@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ from gateway.inference.base import (
     GenerationRequest,
     SamplingParams,
 )
-from gateway.inference.openai_upstream import OpenAIBackend
+from gateway.inference.openai_upstream import OpenAIBackend, _SSEDecoder
 from gateway.inference.tgi import TGIBackend
-from tests.support.fake_upstreams import serve_fake
+from tests.support.fake_upstreams import FakeServer, FakeUpstreamApp, serve_fake
 
 TIMEOUTS = {"connect_timeout_s": 0.5, "read_timeout_s": 0.5, "stream_idle_timeout_s": 0.5}
 PROTOCOLS = ["tgi", "openai"]
@@ -224,3 +225,69 @@ async def test_closing_stream_closes_upstream_connection(protocol: str) -> None:
             assert srv.stats.active == 0
         finally:
             await backend.close()
+
+
+# ---------------------------------------------------------------------------- SSE framing (OpenAI backend)
+class _SplittingApp(FakeUpstreamApp):
+    """The fake upstream, but every SSE body goes out in ``piece``-byte writes with a pause between them (so
+    events and even CRLFs are split across TCP reads), with ``eol`` as the line ending."""
+
+    def __init__(self, *, piece: int, eol: bytes) -> None:
+        super().__init__("ok")
+        self.piece = piece
+        self.eol = eol
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        sse = False
+
+        async def split_send(msg: dict) -> None:
+            nonlocal sse
+            if msg["type"] == "http.response.start":
+                sse = dict(msg["headers"]).get(b"content-type") == b"text/event-stream"
+            if msg["type"] != "http.response.body" or not sse:
+                return await send(msg)
+            body = msg.get("body", b"").replace(b"\n", self.eol)
+            for i in range(0, len(body), self.piece):
+                await send(
+                    {"type": "http.response.body", "body": body[i : i + self.piece], "more_body": True}
+                )
+                await asyncio.sleep(0.002)
+            await send({"type": "http.response.body", "body": b"", "more_body": msg.get("more_body", False)})
+
+        await super().__call__(scope, receive, split_send)
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("piece", [5, 64])
+async def test_openai_stream_events_split_across_reads(eol: bytes, piece: int) -> None:
+    srv = FakeServer("ok", "openai")
+    srv.app = _SplittingApp(piece=piece, eol=eol)
+    with srv:
+        backend = make_backend("openai", srv.url)
+        try:
+            for req, prompt_tokens in ((chat_req(), (2 + 4) + (3 + 4)), (prompt_req(), 3)):
+                deltas = await collect(backend, req)
+                assert "".join(d.text for d in deltas) == "Echo: hello there world"
+                assert [d.text for d in deltas[:-1]] == ["Echo: ", "hello ", "there ", "world"]
+                last = deltas[-1]
+                assert last.finish_reason == "stop"
+                assert last.usage.prompt_tokens == prompt_tokens  # the upstream's usage (sent with [DONE])
+                assert last.usage.completion_tokens == 4
+            assert srv.stats.completed == 2 and srv.stats.disconnects == 0
+        finally:
+            await backend.close()
+
+
+def test_sse_decoder_framing() -> None:
+    events = [b'{"a": 1}', b'{"b": [2, 3]}', b"[DONE]"]
+    wire = b": keep-alive\n\nevent: x\ndata: " + b"\n\ndata: ".join(events) + b"\n\n"
+    for eol in (b"\n", b"\r\n", b"\r"):
+        raw = wire.replace(b"\n", eol)
+        for size in (1, 2, 3, 5, len(raw)):  # byte by byte, CRLF split, several events per read
+            dec = _SSEDecoder()
+            got = [e for i in range(0, len(raw), size) for e in dec.feed(raw[i : i + size])]
+            assert got == events and dec.finish() == []
+    dec = _SSEDecoder()
+    assert dec.feed(b'data:{\ndata: "k": 1}\n') == []  # multi-line data: joined with LF at the blank line
+    assert dec.feed(b'\ndata: {"tail": true}\ndata: {"trunc') == [b'{\n"k": 1}']
+    assert dec.finish() == [b'{"tail": true}']  # no blank line at the end: still counts; a cut line does not
