@@ -163,6 +163,7 @@ class Router:
         self._pools: dict[str, _Pool] = {}
         self._health_task: asyncio.Task | None = None
         self._drains: set[asyncio.Task] = set()
+        self._retired: list[_Endpoint] = []
         self._started = False
 
     # ------------------------------------------------------------------ routes
@@ -201,6 +202,7 @@ class Router:
     def _retire(self, endpoints: list[_Endpoint]) -> None:
         if not endpoints:
             return
+        self._retired.extend(endpoints)  # close() closes whatever a drain has not closed yet
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -221,6 +223,8 @@ class Router:
                 await ep.backend.close()
             except Exception:
                 log.exception("closing endpoint %s of %s failed", ep.name, ep.alias)
+            if ep in self._retired:
+                self._retired.remove(ep)
 
     def _in_use(self, backend: Backend) -> bool:
         return any(ep.backend is backend for pool in self._pools.values() for ep in pool.endpoints)
@@ -439,7 +443,9 @@ class Router:
             self._health_task = None
         for task in list(self._drains):
             task.cancel()
-        backends = {id(ep.backend): ep.backend for pool in self._pools.values() for ep in pool.endpoints}
+        live = [ep for pool in self._pools.values() for ep in pool.endpoints]
+        backends = {id(ep.backend): ep.backend for ep in [*live, *self._retired]}
+        self._retired.clear()
         for backend in backends.values():
             try:
                 await backend.close()
