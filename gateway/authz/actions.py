@@ -33,6 +33,11 @@ class Action(StrEnum):
     # self-service (a person's own session, MFA, credentials)
     SELF_READ = "self:account:read"
     SELF_WRITE = "self:account:write"
+    # limits (issue 4): a principal reads its own limits and usage (BOLA-checked against the owner)
+    USAGE_READ = "limits:usage:read"
+    # token-signing keys (issue 3)
+    SIGNING_KEY_READ = "admin:signing-key:read"
+    SIGNING_KEY_WRITE = "admin:signing-key:write"
 
 
 #: Routes reachable without a principal (DESIGN.md "Health" and "Auth").
@@ -44,5 +49,11 @@ PUBLIC_PATHS = frozenset(
         "/oauth/token",
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
+        # a person's login steps: password, then one second factor (issue 3)
+        "/auth/login",
+        "/auth/login/totp",
+        "/auth/login/recovery",
+        "/auth/login/webauthn/options",
+        "/auth/login/webauthn",
     }
 )

@@ -14,6 +14,7 @@ from litestar.handlers import BaseRouteHandler
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.principal import Principal
 from gateway.authz.actions import Action
+from gateway.authz.attributes import current_env
 from gateway.errors import Forbidden
 from gateway.middleware import request_id_of
 
@@ -26,9 +27,16 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     principal = await services.authenticator.authenticate(connection)
     connection.scope["user"] = principal
     connection.scope["state"]["principal_id"] = principal.id
+    environment_of = getattr(services.authorizer, "environment_of", None)
+    if environment_of is not None:  # ABAC's r.env (time, client network) for every decision in this request
+        current_env.set(environment_of(connection.client.host if connection.client else None))
     if action is None:
         raise Forbidden("route has no declared action")
-    await check(connection, principal, action, {})
+    resource: dict[str, Any] = {}
+    owner_param = handler.opt.get("owner_param")
+    if owner_param:  # object-level check (BOLA): the path names whose object this is
+        resource["owner"] = connection.path_params.get(owner_param)
+    await check(connection, principal, action, resource)
 
 
 async def check(

@@ -37,6 +37,9 @@ _KNOWN_KEYS = {
     "device",
     "max_batch",
     "context_length",
+    # ABAC resource attributes (issue 4): data classification and owner of the model
+    "classification",
+    "owner",
 }
 
 

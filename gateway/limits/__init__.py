@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.authn.principal import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One limited bucket a request counts against (``principal``/``department``/``model`` + its subject).
+
+    A field of 0 means unlimited at this scope.
+    """
+
+    kind: str
+    subject: str
+    requests_per_min: int = 0
+    tokens_per_min: int = 0
+    concurrency: int = 0
+    daily_tokens: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"pal:lim:{self.kind}:{self.subject}"
 
 
 @dataclass(slots=True)
@@ -13,7 +32,10 @@ class Reservation:
     principal_id: str
     model: str
     tokens: int
-    token: str = ""  # limiter-specific handle
+    token: str = ""  # limiter-specific handle (the reservation id in the concurrency sets)
+    scopes: tuple[Scope, ...] = field(default_factory=tuple)
+    day: int = 0  # the UTC day number the daily quota was charged to (settle refunds that day)
+    settled: bool = False
 
 
 class Limiter(Protocol):

@@ -1,0 +1,193 @@
+"""``RateLimiter.reserve`` / ``settle``: suspension and load-shedding checks in process, then one atomic script
+call per step against Redis (or the in-memory buckets in embedded mode).
+
+429 carries ``Retry-After`` plus ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)
+and names the exhausted limit; it is raised in ``prepare``, before any stream starts. Redis down: 503 unless
+an admin set ``limits.fail_open``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+
+from gateway.authn.principal import Principal
+from gateway.errors import Forbidden, RateLimited, ServiceUnavailable
+from gateway.limits import Reservation, Scope
+from gateway.limits.config import LimitsConfig
+from gateway.limits.gcra import RESERVE_LUA, SETTLE_LUA, WINDOW_S, MemoryBuckets, Refusal
+from gateway.limits.shedding import LoadShedder
+from gateway.metrics import REGISTRY
+
+_log = structlog.get_logger("palisade.limits")
+
+LIMITED = Counter(
+    "palisade_rate_limited_total", "Requests refused by a limit", ["scope", "limit"], registry=REGISTRY
+)
+LIMITER_ERRORS = Counter(
+    "palisade_limiter_unavailable_total", "Limiter store failures by outcome", ["outcome"], registry=REGISTRY
+)
+
+_WINDOWS = {"requests_per_minute": 60, "tokens_per_minute": 60, "daily_tokens": 86400}
+
+
+def rate_limited(r: Refusal) -> RateLimited:
+    retry = max(1, math.ceil(r.retry_after_s))
+    name = f"{r.scope.kind}.{r.limit_name}"
+    window = _WINDOWS.get(r.limit_name)
+    policy = f'"{name}";q={r.limit}' + (f";w={window}" if window else "")
+    headers = {
+        "Retry-After": str(retry),
+        "RateLimit-Policy": policy,
+        "RateLimit": f'"{name}";r={r.remaining};t={max(retry, r.reset_s)}',
+    }
+    who = "you" if r.scope.kind == "principal" else f"{r.scope.kind} '{r.scope.subject}'"
+    message = (
+        f"rate limit exceeded: {r.limit_name.replace('_', ' ')} for {who} (limit {r.limit}); "
+        f"retry after {retry} s"
+    )
+    return RateLimited(
+        message,
+        code=r.limit_name,
+        headers=headers,
+        extra={
+            "limit": {
+                "scope": r.scope.kind,
+                "name": r.limit_name,
+                "limit": r.limit,
+                "window_s": window,
+                "retry_after_s": retry,
+            }
+        },
+    )
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        config: LimitsConfig,
+        *,
+        redis: Any = None,
+        shedder: LoadShedder | None = None,
+        lease_s: float = 600.0,
+        watch: Any = None,
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.shedder = shedder
+        self.lease_s = lease_s  # a concurrency slot a crashed replica never released expires after this
+        self.watch = watch  # usage anomaly detector (gateway/limits/anomaly.py), optional
+        self.memory = MemoryBuckets() if redis is None else None
+        if redis is not None:
+            self._reserve = redis.register_script(RESERVE_LUA)
+            self._settle = redis.register_script(SETTLE_LUA)
+
+    async def reserve(self, principal: Principal, model: str, tokens: int) -> Reservation:
+        reason = self.config.snapshot.suspended.get(principal.id)
+        if reason is not None:
+            raise Forbidden(f"this credential is suspended pending an administrator's review ({reason})")
+        if self.shedder is not None:
+            self.shedder.check(self.config.priority_of(principal), model)
+        scopes = self.config.scopes_for(principal, model)
+        rid = secrets.token_hex(8)
+        res = Reservation(principal.id, model, tokens, token=rid, scopes=scopes)
+        if not scopes:
+            return res
+        if self.memory is not None:
+            res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s)
+        else:
+            refusal = await self._reserve_redis(res)
+        if self.watch is not None:
+            self.watch.note(principal.id, tokens, denied=refusal is not None)
+        if refusal is not None:
+            LIMITED.labels(refusal.scope.kind, refusal.limit_name).inc()
+            raise rate_limited(refusal)
+        return res
+
+    async def _reserve_redis(self, res: Reservation) -> Refusal | None:
+        args: list[Any] = [res.token, res.tokens, int(self.lease_s)]
+        for s in res.scopes:
+            args += [s.requests_per_min, s.tokens_per_min, s.concurrency, s.daily_tokens]
+        try:
+            out = await self._reserve(keys=[s.key for s in res.scopes], args=args)
+        except Exception as exc:
+            if self.config.fail_open:
+                LIMITER_ERRORS.labels("fail_open").inc()
+                _log.warning("limiter unavailable; failing open as configured", error=type(exc).__name__)
+                res.scopes = ()  # nothing was charged, nothing to settle
+                return None
+            LIMITER_ERRORS.labels("fail_closed").inc()
+            raise ServiceUnavailable(
+                "the rate limiter is unavailable; refusing until it is back", headers={"Retry-After": "5"}
+            ) from exc
+        if int(out[0]) == 1:
+            res.day = int(out[1])
+            return None
+        kind = out[2].decode() if isinstance(out[2], bytes) else str(out[2])
+        scope = res.scopes[int(out[1]) - 1]
+        return Refusal(scope, kind, int(out[3]) / 1000, int(out[4]), int(out[5]), int(out[6]))
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        if reservation.settled:
+            return
+        reservation.settled = True
+        if not reservation.scopes:
+            return
+        used = max(0, int(used_tokens))
+        if self.memory is not None:
+            self.memory.settle(
+                time.time(), reservation.scopes, reservation.token, reservation.tokens, used, reservation.day
+            )
+            return
+        args: list[Any] = [reservation.token, reservation.tokens, used, reservation.day]
+        for s in reservation.scopes:
+            args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
+        await self._settle(keys=[s.key for s in reservation.scopes], args=args)
+
+    async def usage(self, principal: Principal, model: str | None = None) -> dict[str, Any]:
+        """What the principal has left now (for ``GET /v1/limits``); reads, never charges."""
+        scopes = self.config.scopes_for(principal, model or "")
+        out = []
+        now = time.time()
+        for s in scopes:
+            entry: dict[str, Any] = {
+                "scope": s.kind,
+                "subject": s.subject,
+                "limits": {
+                    "requests_per_min": s.requests_per_min,
+                    "tokens_per_min": s.tokens_per_min,
+                    "concurrency": s.concurrency,
+                    "daily_tokens": s.daily_tokens,
+                },
+            }
+            entry["used"] = await self._read_usage(s, now)
+            out.append(entry)
+        return {"principal": principal.id, "scopes": out}
+
+    async def _read_usage(self, s: Scope, now: float) -> dict[str, Any]:
+        day = math.floor(now / 86400)
+        if self.memory is not None:
+            tpm_tat = self.memory.tat.get(s.key + ":tpm", 0.0)
+            conc = sum(1 for exp in self.memory.leases.get(s.key, {}).values() if exp > now)
+            daily = self.memory.daily.get(f"{s.key}:day:{day}", 0)
+        else:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.get(s.key + ":tpm")
+                pipe.zcount(s.key + ":conc", now, "+inf")
+                pipe.get(f"{s.key}:day:{day}")
+                raw_tat, conc, raw_daily = await pipe.execute()
+            except Exception as exc:
+                raise ServiceUnavailable(
+                    "the rate limiter is unavailable", headers={"Retry-After": "5"}
+                ) from exc
+            tpm_tat, daily = float(raw_tat or 0), int(raw_daily or 0)
+        tokens_window = 0
+        if s.tokens_per_min and tpm_tat > now:
+            tokens_window = round((tpm_tat - now) * s.tokens_per_min / WINDOW_S)
+        return {"tokens_in_window": tokens_window, "concurrent": int(conc), "daily_tokens": int(daily)}

@@ -1,0 +1,124 @@
+"""The limiter algorithm, in Redis (Lua, real Redis db 9) and in memory (embedded mode): same cases, same results."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.authn.principal import Principal
+from gateway.errors import Forbidden, RateLimited, ServiceUnavailable
+from gateway.limits.config import LimitsConfig
+from gateway.limits.limiter import RateLimiter
+from gateway.settings import Settings
+from tests.conftest import REDIS_TEST_URL
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def settings(**kw) -> Settings:
+    return Settings(data_dir=Path("/tmp"), database_url="sqlite:///:memory:", **kw)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request):
+    clients = []
+
+    def factory(rules: dict | None = None, **kw) -> RateLimiter:
+        config = LimitsConfig(settings(**kw))
+        config.snapshot.rules.update(rules or {})
+        client = None
+        if request.param == "redis":
+            client = aioredis.from_url(REDIS_TEST_URL)
+            clients.append(client)
+        return RateLimiter(config, redis=client)
+
+    yield factory
+    for c in clients:
+        await c.aclose()
+
+
+def app(**attrs) -> Principal:
+    return Principal(f"key:{secrets.token_hex(6)}", "app", "t", "api_key", roles=("app",), attributes=attrs)
+
+
+async def test_requests_per_minute_then_429_with_headers(make) -> None:
+    lim = make(limit_requests_per_min=3)
+    p = app()
+    for _ in range(3):
+        await lim.settle(await lim.reserve(p, "m", 1), 1)
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(p, "m", 1)
+    err = exc.value
+    assert err.status_code == 429 and err.code == "requests_per_minute"
+    assert int(err.headers["Retry-After"]) >= 1
+    assert err.headers["RateLimit-Policy"] == '"principal.requests_per_minute";q=3;w=60'
+    assert err.headers["RateLimit"].startswith('"principal.requests_per_minute";r=0;t=')
+    assert err.extra["limit"]["name"] == "requests_per_minute"
+
+
+async def test_tokens_reserved_then_refunded_on_settle(make) -> None:
+    lim = make(limit_tokens_per_min=1000)
+    p = app()
+    first = await lim.reserve(p, "m", 600)
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(p, "m", 600)
+    assert exc.value.code == "tokens_per_minute"
+    await lim.settle(first, 100)  # 500 unused tokens come back
+    second = await lim.reserve(p, "m", 600)
+    await lim.settle(second, 600)
+
+
+async def test_concurrency_slots_are_released_by_settle(make) -> None:
+    lim = make(limit_concurrency=2)
+    p = app()
+    a, b = await lim.reserve(p, "m", 1), await lim.reserve(p, "m", 1)
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(p, "m", 1)
+    assert exc.value.code == "concurrency"
+    await lim.settle(a, 1)
+    await lim.settle(a, 1)  # settling twice must not free a second slot
+    c = await lim.reserve(p, "m", 1)
+    with pytest.raises(RateLimited):
+        await lim.reserve(p, "m", 1)
+    await lim.settle(b, 1)
+    await lim.settle(c, 1)
+
+
+async def test_daily_quota_and_department_and_model_scopes(make) -> None:
+    dept, model = f"sales-{secrets.token_hex(4)}", f"big-{secrets.token_hex(4)}"
+    lim = make(
+        {("department", dept): {"daily_tokens": 100}, ("model", model): {"requests_per_min": 1}},
+        limit_daily_tokens=1000,
+    )
+    seller = app(department=dept)
+    await lim.reserve(seller, "m", 80)
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(seller, "m", 30)
+    assert exc.value.code == "daily_tokens" and exc.value.extra["limit"]["scope"] == "department"
+    assert f"department '{dept}'" in exc.value.message
+    await lim.reserve(app(), model, 1)
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(app(), model, 1)  # the model's limit is shared by every caller
+    assert exc.value.extra["limit"]["scope"] == "model"
+
+
+async def test_suspended_principal_is_refused(make) -> None:
+    lim = make()
+    p = app()
+    lim.config.snapshot.suspended[p.id] = "usage spike"
+    with pytest.raises(Forbidden):
+        await lim.reserve(p, "m", 1)
+
+
+async def test_redis_down_fails_closed_unless_fail_open() -> None:
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    lim = RateLimiter(LimitsConfig(settings()), redis=dead)
+    with pytest.raises(ServiceUnavailable):
+        await lim.reserve(app(), "m", 1)
+    lim.config.snapshot.options["limits.fail_open"] = True
+    res = await lim.reserve(app(), "m", 1)
+    await lim.settle(res, 1)  # nothing was charged: settle is a no-op, not an error
+    await dead.aclose()
