@@ -1,0 +1,169 @@
+"""Gateway overhead: the full path (auth + ABAC + rate limit + audit + routing) versus the fake upstream alone.
+
+    python -m bench.gateway_overhead [--mode production|embedded] [--rate 300] [--seconds 10]
+
+Both are driven by the same open-loop load generator (requests start on a fixed schedule, so a slow server
+cannot slow the offered load down), in the same run. Reports added p50/p95/p99 at the fixed rate, then steps
+the rate up to find the highest one a single gateway worker process sustains with p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.server import GatewayProcess, base_env, create_key, free_port
+
+BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 4}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def drive(url: str, headers: dict[str, str], body: dict, rate: float, seconds: float) -> dict:
+    """Open-loop load: one request every 1/rate s; returns latencies (ms) and errors."""
+    latencies: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as session:
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except Exception:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        # warm the connection pool and the server's caches
+        await asyncio.gather(*[one() for _ in range(20)])
+        latencies.clear()
+        errors = 0
+        tasks = []
+        n = int(rate * seconds)
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"n": n, "ok": len(latencies), "errors": errors, "achieved_rps": len(latencies) / elapsed,
+            "p50": pct(latencies, 0.50), "p95": pct(latencies, 0.95), "p99": pct(latencies, 0.99),
+            "mean": statistics.fmean(latencies) if latencies else float("nan")}
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstreams", "--port", str(port),
+                             "--token-delay", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("fake upstream did not start")
+
+
+def production_env(data: Path) -> dict[str, str]:
+    import secrets
+
+    import psycopg
+
+    name = f"palisade_bench_{secrets.token_hex(4)}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return {"PALISADE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+            "PALISADE_REDIS_URL": "redis://127.0.0.1:6379/8", "_DBNAME": name}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["production", "embedded"], default="production")
+    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--max-rate", type=float, default=2000.0)
+    args = ap.parse_args()
+
+    up_port = free_port()
+    upstream = start_upstream(up_port)
+    tmp = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
+    models = tmp / "models.yaml"
+    models.write_text(f"models:\n  - alias: mock-gpt\n    backend: openai\n    url: http://127.0.0.1:{up_port}/v1\n"
+                      f"    upstream_model: gpt-x\n    max_concurrency: 4096\n")
+    extra = production_env(tmp) if args.mode == "production" else {}
+    dbname = extra.pop("_DBNAME", None)
+    env = base_env(tmp, PALISADE_MODELS_FILE=str(models), PALISADE_HEALTH_INTERVAL_S="30", **extra)
+    if args.mode == "production":
+        subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True, capture_output=True)
+    key = create_key(env, "bench", "mock-gpt")
+    gw = GatewayProcess(env, tmp / "serve.log").start()
+    results: dict = {"mode": args.mode, "rate": args.rate, "seconds": args.seconds}
+    try:
+        direct = asyncio.run(drive(f"http://127.0.0.1:{up_port}/v1/chat/completions", {}, BODY, args.rate,
+                                   args.seconds))
+        via = asyncio.run(drive(gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"}, BODY,
+                                args.rate, args.seconds))
+        results["direct"], results["gateway"] = direct, via
+        results["added_ms"] = {q: round(via[q] - direct[q], 3) for q in ("p50", "p95", "p99")}
+        print(f"\nGateway overhead at {args.rate:.0f} req/s for {args.seconds:.0f} s ({args.mode} mode)")
+        print(f"{'':10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'ok':>8}{'errors':>8}")
+        for name, r in (("direct", direct), ("gateway", via)):
+            print(f"{name:10}{r['p50']:10.2f}{r['p95']:10.2f}{r['p99']:10.2f}{r['ok']:8d}{r['errors']:8d}")
+        a = results["added_ms"]
+        print(f"{'added':10}{a['p50']:10.2f}{a['p95']:10.2f}{a['p99']:10.2f}   (target p50 <= 1 ms, p99 <= 5 ms)")
+
+        # saturation: highest offered rate with p99 <= 50 ms and no errors, through the gateway
+        sustained, steps = 0.0, []
+        rate = 200.0
+        while rate <= args.max_rate:
+            r = asyncio.run(drive(gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"}, BODY,
+                                  rate, 5.0))
+            steps.append({"rate": rate, "p99": round(r["p99"], 2), "achieved": round(r["achieved_rps"], 1),
+                          "errors": r["errors"]})
+            print(f"  offered {rate:6.0f}/s  achieved {r['achieved_rps']:7.1f}/s  p99 {r['p99']:8.2f} ms  "
+                  f"errors {r['errors']}")
+            if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
+                break
+            sustained = rate
+            rate *= 1.5
+        results["saturation_steps"] = steps
+        results["sustained_rps"] = sustained
+        print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")
+    finally:
+        gw.stop()
+        upstream.terminate()
+        if dbname:
+            import psycopg
+
+            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    print(json.dumps({"bench": "gateway_overhead", **results}, default=lambda x: round(x, 3)))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
