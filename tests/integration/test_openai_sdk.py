@@ -15,7 +15,8 @@ from tests.support.server import GatewayProcess, base_env, create_key
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, tiny_models_file):
     data = tmp_path_factory.mktemp("gw-embedded")
-    env = base_env(data, PALISADE_MODELS_FILE=str(tiny_models_file), PALISADE_MAX_BODY_BYTES="65536")
+    env = base_env(data, PALISADE_MODELS_FILE=str(tiny_models_file), PALISADE_MAX_BODY_BYTES="65536",
+                   PALISADE_LOG_LEVEL="info")
     key = create_key(env, "sdk-tests", "tiny")
     proc = GatewayProcess(env, data / "serve.log").start()
     yield proc, key, env
