@@ -10,14 +10,16 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 
 from gateway.authn.principal import Principal
-from gateway.db.keys import ApiKey
 from gateway.db.base import utcnow
+from gateway.db.keys import ApiKey
 from gateway.db.session import Database
 
 KEY_RE = re.compile(r"^pal_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -37,6 +39,9 @@ class NewKey:
 class ApiKeyService:
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: verified-key cache (gateway.authn.revocation.CredentialCache), set by the identity wiring
+        self.cache: Any = None
+        self._touched: dict[str, float] = {}
 
     async def create(
         self,
@@ -65,6 +70,13 @@ class ApiKeyService:
         if m is None:
             return None
         prefix = "pal_" + m.group(1)
+        cached = self.cache.get(prefix) if self.cache is not None else None
+        if cached is not None:
+            principal, expires_at = cached.value
+            if hmac.compare_digest(cached.key_hash, hash_key(key)) and (expires_at is None or expires_at > utcnow()):
+                await self._touch_if_due(principal.key_id)
+                return principal
+            return None
         async with self.db.session() as s:
             row = (await s.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one_or_none()
             if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
@@ -76,11 +88,23 @@ class ApiKeyService:
             if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
                 await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         attrs = dict(row.attributes or {})
-        return Principal(
+        principal = Principal(
             id=f"key:{row.id}", kind="app", name=row.name, auth_method="api_key",
             roles=tuple(attrs.pop("roles", ("app",))), attributes=attrs, models=tuple(row.models or ()),
             key_id=row.id,
         )
+        if self.cache is not None:
+            self.cache.put(prefix, row.key_hash, (principal, row.expires_at), row.id)
+        return principal
+
+    async def _touch_if_due(self, key_id: str | None) -> None:
+        """last-used at one-minute resolution for cached keys too (one write per key per minute per process)."""
+        now = time.monotonic()
+        if key_id is None or now - self._touched.get(key_id, 0.0) < 60:
+            return
+        self._touched[key_id] = now
+        async with self.db.session() as s:
+            await s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
     async def revoke(self, key_id_or_prefix: str) -> bool:
         async with self.db.session() as s:
@@ -90,7 +114,15 @@ class ApiKeyService:
                 .where(ApiKey.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
-            return res.rowcount > 0
+            done = res.rowcount > 0
+        if done:
+            # every process's verified-key cache drops it before its next request
+            from gateway.authn.revocation import announce_revocation
+
+            if self.cache is not None:
+                self.cache.evict(key_id_or_prefix)
+            await announce_revocation(self.db.settings, key_id_or_prefix)
+        return done
 
     async def list(self) -> list[ApiKey]:
         async with self.db.session() as s:

@@ -24,3 +24,12 @@ class Principal:
 
     def may_use_model(self, alias: str) -> bool:
         return not self.models or alias in self.models
+
+    # ABAC subject attributes (issue 3): department and clearance come from the client/user/IdP record
+    @property
+    def department(self) -> str | None:
+        return self.attributes.get("department")
+
+    @property
+    def clearance(self) -> str | None:
+        return self.attributes.get("clearance")

@@ -1,0 +1,131 @@
+"""The identity subsystem of one gateway process, built once by ``build_services``.
+
+``Identity.install`` plugs it into the shared ``Authenticator``: our JWT verifier (and an external IdP's, when
+configured) as token verifiers, the console session store as a session resolver, and the revocation-aware cache
+into the API key service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.audit.events import AuditEvent, Tag
+from gateway.authn.clients import ClientService
+from gateway.authn.jwt_verify import JwtVerifier
+from gateway.authn.oauth_server import TokenEndpoint
+from gateway.authn.principal import Principal
+from gateway.authn.revocation import CredentialCache
+from gateway.authn.sealing import Sealer
+from gateway.authn.sessions import SessionStore
+from gateway.authn.signing import ALG, SigningKeys, ensure_signing_keys
+from gateway.authn.throttle import IpThrottle
+from gateway.authn.users import LOCKOUT_AFTER, UserService
+from gateway.authn.webauthn_factor import WebAuthnFactor
+from gateway.db.session import Database
+from gateway.settings import Settings
+
+
+def issuer_of(settings: Settings) -> str:
+    return (settings.issuer or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def client_principal(claims: dict[str, Any]) -> Principal:
+    """A principal from one of our access tokens (claims were written by ``TokenEndpoint``)."""
+    attrs = claims.get("attributes") or {}
+    roles = claims.get("roles") or ["app"]
+    models = claims.get("models") or []
+    if not isinstance(attrs, dict) or not isinstance(roles, list) or not isinstance(models, list):
+        raise TypeError("bad claim types")
+    attrs = {**attrs, "client_id": str(claims["client_id"])}
+    if "scope" in claims:
+        attrs["scope"] = str(claims["scope"])
+    return Principal(
+        id=f"client:{claims['client_id']}",
+        kind="app",
+        name=str(claims.get("name") or claims["sub"]),
+        auth_method="jwt",
+        roles=tuple(str(r) for r in roles),
+        attributes=attrs,
+        models=tuple(str(m) for m in models),
+        key_id=str(claims.get("jti") or "") or None,
+    )
+
+
+class Identity:
+    def __init__(self, settings: Settings, db: Database, *, keyring: Any, redis: Any = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.issuer = issuer_of(settings)
+        self.sealer = Sealer(keyring)
+        self.signing = SigningKeys(db, self.sealer)
+        self.clients = ClientService(db)
+        self.users = UserService(db, self.sealer)
+        self.sessions = SessionStore(
+            db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+        )
+        self.webauthn = WebAuthnFactor(db, origin=self.issuer, rp_id=settings.webauthn_rp_id)
+        self.throttle = IpThrottle(free=settings.login_slowdown_after, redis=redis)
+        self.token_endpoint = TokenEndpoint(
+            self.clients,
+            self.signing,
+            issuer=self.issuer,
+            audience=settings.token_audience,
+            ttl_s=settings.access_token_ttl_s,
+        )
+        self.verifier = JwtVerifier(
+            issuer=self.issuer,
+            audience=settings.token_audience,
+            algorithms=frozenset({ALG}),
+            key_lookup=self.signing.public_key,
+            to_principal=client_principal,
+        )
+        self.key_cache = CredentialCache(settings, settings.redis_url)
+        self.idp_verifier: JwtVerifier | None = None
+        if settings.oidc_issuer and settings.oidc_jwks_url:
+            from gateway.authn.oidc import oidc_verifier
+
+            self.idp_verifier = oidc_verifier(settings)
+
+    async def start(self) -> None:
+        await ensure_signing_keys(self.db, self.sealer)
+        await self.signing.load()
+        await self.key_cache.start()
+
+    async def close(self) -> None:
+        await self.key_cache.close()
+
+    def install(self, services: Any) -> None:
+        authenticator = services.authenticator
+        authenticator.token_verifiers.append(self.verifier)
+        if self.idp_verifier is not None:
+            authenticator.token_verifiers.append(self.idp_verifier)
+        authenticator.session_resolvers.append(self.sessions.resolve)
+        services.keys.cache = self.key_cache
+
+        async def locked(user_id: str) -> None:
+            await services.audit.record(
+                AuditEvent(
+                    Tag.ACCOUNT_LOCKED,
+                    actor=f"user:{user_id}",
+                    target=f"user:{user_id}",
+                    decision="deny",
+                    details={"after_failures": LOCKOUT_AFTER},
+                )
+            )
+
+        self.users.on_locked = locked
+
+    def metadata(self) -> dict[str, Any]:
+        """OpenID Provider / OAuth AS metadata (RFC 8414) for what this issuer actually supports."""
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": f"{self.issuer}/oauth/token",
+            "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [ALG],
+            "access_token_signing_alg_values_supported": [ALG],
+            "scopes_supported": [],
+        }
