@@ -40,9 +40,7 @@ async def run(url: str, n: int) -> None:
     config.snapshot.rules[("department", "research")] = {"tokens_per_min": 10**9}
     config.snapshot.rules[("model", "chat")] = {"requests_per_min": 10**9}
     limiter = RateLimiter(config, redis=client)
-    p = Principal(
-        "key:bench", "app", "bench", "api_key", roles=("app",), attributes={"department": "research"}
-    )
+    p = Principal("key:bench", "app", "bench", "api_key", roles=("app",), attributes={"department": "research"})
     await limiter.settle(await limiter.reserve(p, "chat", 100), 50)  # loads the scripts once
     await client.config_resetstat()
     per_request = []
@@ -60,8 +58,9 @@ async def run(url: str, n: int) -> None:
         pings.append((time.perf_counter_ns() - t) / 1000)
     top_level = sum(v for k, v in counted.items() if k in ("evalsha", "eval", "script|load"))
     print(f"requests: {n}   scopes per request: 3 (principal, department, model)")
+    sent = ", ".join(f"{k}={v}" for k, v in sorted(counted.items()) if k in ("evalsha", "eval", "script|load"))
     print(
-        f"commands sent by the client per request: {top_level / n:.2f}  ({', '.join(f'{k}={v}' for k, v in sorted(counted.items()) if k in ('evalsha', 'eval', 'script|load'))})"
+        f"commands sent by the client per request: {top_level / n:.2f}  ({sent})"
     )
     print(
         f"commands run inside the scripts (server-side, no round trip): "

@@ -57,9 +57,9 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     settings = _settings()
     if settings.is_sqlite:
         upgrade(settings)
-    kwargs: dict[str, Any] = {}
-    if settings.tls_cert and settings.tls_key:
-        kwargs.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key))
+    from gateway.tls import uvicorn_tls_options
+
+    kwargs: dict[str, Any] = uvicorn_tls_options(settings.tls_cert, settings.tls_key)  # TLS 1.2+, HSTS
     uvicorn.run(
         "gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
@@ -149,9 +149,9 @@ def keys_revoke(key_id_or_prefix: str) -> None:
 
 
 async def _cli_audit(db: Any, event: Any) -> None:
-    from gateway.audit.log import LogAuditTrail
+    from gateway.audit.chain import record_once
 
-    await LogAuditTrail().record(event)
+    await record_once(_settings(), db, event)
 
 
 @main.group()
@@ -168,6 +168,32 @@ def models_list() -> None:
     specs = load_models_file(settings.models_file) if settings.models_file else default_models(settings)
     for spec in specs:
         click.echo(json.dumps(spec, default=str))
+
+
+from gateway.crypto.cli import rotate_command  # noqa: E402
+
+keys.add_command(rotate_command)
+
+from gateway.audit.cli import audit as audit_group  # noqa: E402
+
+main.add_command(audit_group)
+
+from gateway.tls import dev_cert  # noqa: E402
+
+main.add_command(dev_cert)
+
+from gateway.authz.cli import limits as limits_group  # noqa: E402
+from gateway.authz.cli import policy as policy_group  # noqa: E402
+
+main.add_command(policy_group)
+main.add_command(limits_group)
+
+
+from gateway.authn.cli import admin, clients, rotate_signing  # noqa: E402
+
+main.add_command(clients)
+main.add_command(admin)
+keys.add_command(rotate_signing)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,10 +29,20 @@ class Services:
     keys: ApiKeyService
     authenticator: Authenticator
     authorizer: Authorizer
-    limiter: Limiter
     router: Router
+    #: set by gateway.authz.wiring.start_authorization_and_limits (needs the router for load shedding)
+    limiter: Limiter = None  # type: ignore[assignment]
     inference: Any = None
     redis: Any = None
+    #: gateway.crypto.Keyring: envelope encryption (AES-256-GCM) and HMACs; data keys loaded at start
+    keyring: Any = None
+    #: gateway.authn.identity.Identity: clients, tokens, people, sessions
+    identity: Any = None
+    #: authorization and limits: versioned policy store, limits config, change events, usage baselines
+    policy_store: Any = None
+    limits_config: Any = None
+    change_feed: Any = None
+    usage_watch: Any = None
     #: alias -> attributes (classification, owner) for ABAC and /v1/models
     model_attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -80,6 +80,40 @@ class Settings:
     secret_key: str | None = field(default=None, metadata={"help": "HMAC key for key hashes; file if unset."})
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # authorization and limits (issue 4)
+    trusted_networks: str = field(default="127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+                                  metadata={"help": "CIDRs that ABAC sees as r.env.network == 'internal'."})
+    policy_check_interval_s: float = field(default=1.0, metadata={"help": "Policy/limits version check period."})
+    limit_requests_per_min: int = field(default=600, metadata={"help": "Default requests/min per principal."})
+    limit_tokens_per_min: int = field(default=200_000, metadata={"help": "Default tokens/min per principal."})
+    limit_concurrency: int = field(default=32, metadata={"help": "Default concurrent requests per principal."})
+    limit_daily_tokens: int = field(default=5_000_000, metadata={"help": "Default daily tokens per principal."})
+    limits_fail_open: bool = field(default=False, metadata={"help": "Redis down: allow (true) or 503 (false)."})
+    shed_low_priority_at: float = field(default=0.75, metadata={"help": "Backend use at which low-priority "
+                                                                "principals are refused (503)."})
+    # audit trail (issue 5)
+    audit_checkpoint_every: int = field(default=1000, metadata={"help": "Sign a checkpoint every N records."})
+    audit_checkpoint_interval_s: float = field(default=60.0, metadata={"help": "... and every T s, even idle."})
+    audit_head_file: Path | None = field(default=None, metadata={"help": "External signed head (JSONL); "
+                                                                 "default <data_dir>/audit-head.jsonl."})
+    audit_ship: str | None = field(default=None, metadata={"help": "Also write events as JSON lines: "
+                                                            "'stdout' or a file path."})
+    audit_syslog: str | None = field(default=None, metadata={"help": "RFC 5424 syslog: udp://h:p or tcp://h:p."})
+    audit_retention_days: int = field(default=0, metadata={"help": "Prune records older than this; 0 = keep."})
+    audit_write_timeout_s: float = field(default=5.0, metadata={"help": "An audit write slower than this fails "
+                                                                "(the request gets 503)."})
+    # identity (issue 3): token issuer, sessions, external OIDC
+    issuer: str = field(default="", metadata={"help": "JWT iss and OIDC issuer URL; default http://host:port."})
+    token_audience: str = field(default="palisade", metadata={"help": "aud of the access tokens we issue."})
+    access_token_ttl_s: int = field(default=600, metadata={"help": "Lifetime of issued access tokens."})
+    session_idle_s: int = field(default=1800, metadata={"help": "Console session idle timeout."})
+    session_absolute_s: int = field(default=43200, metadata={"help": "Console session absolute timeout."})
+    login_slowdown_after: int = field(default=5, metadata={"help": "Failed logins per IP before slowing down."})
+    oidc_issuer: str | None = field(default=None, metadata={"help": "External IdP issuer (exact)."})
+    oidc_jwks_url: str | None = field(default=None, metadata={"help": "External IdP JWKS URL."})
+    oidc_audience: str | None = field(default=None, metadata={"help": "aud expected in IdP tokens."})
+    oidc_claim_map: str | None = field(default=None, metadata={"help": "JSON: attribute -> IdP claim."})
+    webauthn_rp_id: str | None = field(default=None, metadata={"help": "WebAuthn RP id; default issuer host."})
 
     @property
     def embedded_mode(self) -> bool:
@@ -126,6 +160,32 @@ class Settings:
             secret_key=_env("SECRET_KEY"),
             tls_cert=Path(tls_cert) if tls_cert else None,
             tls_key=Path(tls_key) if tls_key else None,
+            trusted_networks=_env("TRUSTED_NETWORKS", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"),
+            policy_check_interval_s=_float("POLICY_CHECK_INTERVAL_S", 1.0),
+            limit_requests_per_min=_int("LIMIT_REQUESTS_PER_MIN", 600),
+            limit_tokens_per_min=_int("LIMIT_TOKENS_PER_MIN", 200_000),
+            limit_concurrency=_int("LIMIT_CONCURRENCY", 32),
+            limit_daily_tokens=_int("LIMIT_DAILY_TOKENS", 5_000_000),
+            limits_fail_open=_bool("LIMITS_FAIL_OPEN", False),
+            shed_low_priority_at=_float("SHED_LOW_PRIORITY_AT", 0.75),
+            audit_checkpoint_every=_int("AUDIT_CHECKPOINT_EVERY", 1000),
+            audit_checkpoint_interval_s=_float("AUDIT_CHECKPOINT_INTERVAL_S", 60.0),
+            audit_head_file=Path(_env("AUDIT_HEAD_FILE")) if _env("AUDIT_HEAD_FILE") else None,
+            audit_ship=_env("AUDIT_SHIP"),
+            audit_syslog=_env("AUDIT_SYSLOG"),
+            audit_retention_days=_int("AUDIT_RETENTION_DAYS", 0),
+            audit_write_timeout_s=_float("AUDIT_WRITE_TIMEOUT_S", 5.0),
+            issuer=_env("ISSUER") or f"http://{_env('HOST', '127.0.0.1')}:{_int('PORT', 8000)}",
+            token_audience=_env("TOKEN_AUDIENCE", "palisade"),
+            access_token_ttl_s=_int("ACCESS_TOKEN_TTL_S", 600),
+            session_idle_s=_int("SESSION_IDLE_S", 1800),
+            session_absolute_s=_int("SESSION_ABSOLUTE_S", 43200),
+            login_slowdown_after=_int("LOGIN_SLOWDOWN_AFTER", 5),
+            oidc_issuer=_env("OIDC_ISSUER"),
+            oidc_jwks_url=_env("OIDC_JWKS_URL"),
+            oidc_audience=_env("OIDC_AUDIENCE"),
+            oidc_claim_map=_env("OIDC_CLAIM_MAP"),
+            webauthn_rp_id=_env("WEBAUTHN_RP_ID"),
         )
         settings.validate()
         return settings
@@ -145,6 +205,14 @@ class Settings:
             raise SettingsError("PALISADE_TLS_CERT and PALISADE_TLS_KEY go together")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("PALISADE_REDIS_URL must be a redis:// or rediss:// URL")
+        if self.audit_checkpoint_every < 1 or self.audit_checkpoint_interval_s <= 0:
+            raise SettingsError("PALISADE_AUDIT_CHECKPOINT_EVERY and _INTERVAL_S must be positive")
+        if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tcp://")):
+            raise SettingsError("PALISADE_AUDIT_SYSLOG must be udp://host:port or tcp://host:port")
+        if not (30 <= self.access_token_ttl_s <= 86400):
+            raise SettingsError("PALISADE_ACCESS_TOKEN_TTL_S must be within 30..86400")
+        if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
+            raise SettingsError("PALISADE_OIDC_ISSUER and PALISADE_OIDC_JWKS_URL go together")
 
     def describe(self) -> dict[str, str]:
         """Settings for logs, with secrets and credentials masked."""

@@ -24,9 +24,13 @@ PG_ADMIN_URL = os.environ.get("PALISADE_TEST_PG", "postgresql://postgres@127.0.0
 REDIS_TEST_URL = os.environ.get("PALISADE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pg_url() -> str:
-    """A new, empty Postgres database for this session (dropped afterwards)."""
+    """A new, empty Postgres database for each test module (dropped afterwards).
+
+    Per module, not per session: each module's processes hold their own master key (data dir), and data keys
+    wrapped under one module's key must not meet another module's replicas.
+    """
     import secrets
 
     import psycopg

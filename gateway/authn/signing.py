@@ -29,7 +29,7 @@ ALG = "ES256"
 PUBLISHED = ("next", "active", "retiring")
 RELOAD_S = 30.0
 UNKNOWN_KID_RELOAD_S = 5.0
-ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068
+ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068  # noqa: S105 (a name, not a secret)
 
 
 def _new_key() -> tuple[str, ECKey]:

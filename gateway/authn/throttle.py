@@ -10,6 +10,10 @@ import asyncio
 import time
 from typing import Any
 
+import structlog
+
+_log = structlog.get_logger("palisade.authn.throttle")
+
 WINDOW_S = 900
 MAX_DELAY_S = 5.0
 BASE_DELAY_S = 0.25
@@ -47,8 +51,8 @@ class IpThrottle:
                 key = f"palisade:login-fail:{ip}"
                 async with self.redis.pipeline(transaction=True) as pipe:
                     await pipe.incr(key).expire(key, WINDOW_S).execute()
-            except Exception:
-                pass
+            except Exception as exc:  # the slowdown is best effort; the per-account lockout is in the database
+                _log.warning("login throttle unavailable", error=type(exc).__name__)
             return
         if len(self._mem) > 100_000:
             self._mem.clear()  # bounded memory under a spray of addresses

@@ -1,6 +1,13 @@
 """SQLAlchemy models per domain. Importing this package registers every table on ``Base.metadata``."""
 
-from gateway.db import keys, registry  # noqa: F401  (register tables)
+from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
+    audit,
+    identity,  # noqa: F401,E402  (register identity tables)
+    keyring,
+    keys,
+    policy,  # noqa: F401,E402  (register authorization + limits tables)
+    registry,
+)
 from gateway.db.base import Base
 
 __all__ = ["Base"]

@@ -158,14 +158,11 @@ def test_one_totp_code_submitted_to_both_replicas_concurrently_wins_once(replica
         pendings = [begin_login(u, username) for u in urls]
         code = totp.code_at(seed)
         deadline = time.time() + 1
+
+        def submit(up, deadline=deadline, code=code):  # all threads fire at the same instant
+            time.sleep(max(0.0, deadline - time.time()))
+            return finish_login(up[0], up[1], code).status_code
+
         with ThreadPoolExecutor(len(urls)) as pool:
-            statuses = list(
-                pool.map(
-                    lambda up: (
-                        time.sleep(max(0.0, deadline - time.time())),
-                        finish_login(up[0], up[1], code).status_code,
-                    )[1],
-                    zip(urls, pendings, strict=True),
-                )
-            )
+            statuses = list(pool.map(submit, zip(urls, pendings, strict=True)))
         assert sorted(statuses) == [200] + [401] * (len(urls) - 1), statuses
