@@ -116,7 +116,10 @@ def main() -> None:
                       f"    upstream_model: gpt-x\n    max_concurrency: 4096\n")
     extra = production_env(tmp) if args.mode == "production" else {}
     dbname = extra.pop("_DBNAME", None)
-    env = base_env(tmp, PALISADE_MODELS_FILE=str(models), PALISADE_HEALTH_INTERVAL_S="30", **extra)
+    # limits stay on the path (reserve + settle on every request) but high enough never to refuse the load
+    limits = {"PALISADE_LIMIT_REQUESTS_PER_MIN": "100000000", "PALISADE_LIMIT_TOKENS_PER_MIN": "1000000000000",
+              "PALISADE_LIMIT_CONCURRENCY": "100000", "PALISADE_LIMIT_DAILY_TOKENS": "1000000000000"}
+    env = base_env(tmp, PALISADE_MODELS_FILE=str(models), PALISADE_HEALTH_INTERVAL_S="30", **limits, **extra)
     if args.mode == "production":
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True, capture_output=True)
     key = create_key(env, "bench", "mock-gpt")
