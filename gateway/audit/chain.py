@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 
+from gateway.audit.appender import appender_for
 from gateway.audit.canonical import GENESIS, canonical_details, checkpoint_payload, iso, record_hash
 from gateway.audit.events import AuditEvent
+from gateway.audit.pins import keys_file_of
 from gateway.audit.shipping import Sink, sinks_from_settings
 from gateway.audit.signing import AuditSigner
 from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
@@ -70,10 +72,13 @@ class AuditChain:
         self._ticker: asyncio.Task[None] | None = None
         self._last_cp_seq = 0
         self._closed = False
+        self.checkpoint_ok = True  # the last checkpoint was signed and stored (both copies)
+        self._appender = appender_for(settings, db.engine)  # a dedicated connection for the batch writer
+        self._cp_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, db: Database, keyring: Any) -> AuditChain:
-        signer = await AuditSigner.load_or_create(db, keyring)
+        signer = await AuditSigner.load_or_create(db, keyring, keys_file_of(settings))
         chain = cls(
             settings, db, keyring, signer, sinks_from_settings(settings.audit_ship, settings.audit_syslog)
         )
@@ -85,6 +90,9 @@ class AuditChain:
             self._last_cp_seq = (await s.execute(select(func.max(AuditCheckpoint.seq)))).scalar() or 0
         self._writer = asyncio.create_task(self._write_loop(), name="audit-writer")
         self._ticker = asyncio.create_task(self._tick_loop(), name="audit-checkpoints")
+        from gateway.audit.retention import start_scheduled_prune  # retention builds on this module
+
+        self._pruner = start_scheduled_prune(self)  # None unless retention + its interval are configured
 
     # --- the one audit call ------------------------------------------------------------------------------
     async def record(self, event: AuditEvent) -> int:
@@ -92,14 +100,20 @@ class AuditChain:
         if self._closed or self._writer is None or self._writer.done():
             raise AuditUnavailable()
         event.at = event.at or utcnow()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
         self._queue.put_nowait((event, future))
+        # a timer, not wait_for + shield (two extra futures per request): on timeout the record may still commit
+        # later, but the request is refused now
+        timer = loop.call_later(self.settings.audit_write_timeout_s, _expire, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.audit_write_timeout_s)
+            return await future
         except AuditUnavailable:
             raise
-        except Exception as exc:  # a timeout: the record may still commit later; the request is refused now
+        except Exception as exc:
             raise AuditUnavailable() from exc
+        finally:
+            timer.cancel()
 
     # --- group commit -------------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -134,55 +148,52 @@ class AuditChain:
             if not fut.done():
                 fut.set_result(row["seq"])
         self._ship(rows)
-        if rows[-1]["seq"] - self._last_cp_seq >= self.settings.audit_checkpoint_every:
-            await self._safe_checkpoint()
+        if rows[-1]["seq"] - self._last_cp_seq >= self.settings.audit_checkpoint_every and (
+            self._cp_task is None or self._cp_task.done()
+        ):
+            # signed off the writer's path: the next batch does not wait for a signature and an fsync
+            self._cp_task = asyncio.create_task(self._safe_checkpoint(), name="audit-checkpoint")
 
     async def _append(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
-        async with self.db.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                await conn.execute(text("SET LOCAL statement_timeout = '15s'"))
-            seq, prev = await _lock_head(conn)
+        prepared = [self._prepare(e) for e in events]  # scrub + canonicalise outside the transaction
+
+        def link(seq: int, prev: str) -> list[dict[str, Any]]:
             rows = []
-            for event in events:
+            for p in prepared:
                 seq += 1
-                row = self._row(event, seq, prev)
-                prev = row["hash"]
+                row = {**p, "seq": seq, "prev_hash": prev}
+                row["hash"] = prev = record_hash(
+                    iso(p["at"]), p["tag"], p["actor"], p["target"], p["model"], p["decision"], p["request_id"],
+                    p["details"], prev,
+                )
                 rows.append(row)
+            return rows
+
+        if self._appender is not None:
+            return await self._appender.append(link)
+        async with self.db.engine.begin() as conn:  # any other database: the generic SQLAlchemy path
+            seq, prev = await _lock_head(conn)
+            rows = link(seq, prev)
             await conn.execute(insert(_RECORDS), rows)
-            await conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+            last = rows[-1]
+            await conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=last["seq"], hash=last["hash"]))
         return rows
 
-    def _row(self, event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
-        details = canonical_details(self._scrub(event.details or {}))
-        model = (event.details or {}).get("model")
+    def _prepare(self, event: AuditEvent) -> dict[str, Any]:
+        raw = event.details or {}
+        model = raw.get("model")
         if model is None and event.tag.startswith("inference:"):
             model = event.target
-        at = event.at or utcnow()
-        row = {
-            "seq": seq,
-            "at": at,
+        return {
+            "at": event.at or utcnow(),
             "tag": event.tag,
             "actor": event.actor,
             "target": event.target,
             "model": model,
             "decision": event.decision,
             "request_id": event.request_id,
-            "details": details,
-            "prev_hash": prev,
+            "details": canonical_details(self._scrub(raw)) if raw else "{}",
         }
-        row["hash"] = record_hash(
-            iso(at),
-            event.tag,
-            event.actor,
-            event.target,
-            model,
-            event.decision,
-            event.request_id,
-            details,
-            prev,
-        )
-        return row
 
     def _scrub(self, value: Any, key: str = "") -> Any:
         """Secrets never enter the trail: values under secret-looking keys, or that look like credentials,
@@ -236,7 +247,16 @@ class AuditChain:
         try:
             await self.checkpoint()
         except Exception as exc:
+            self.checkpoint_ok = False  # /readyz says so until one succeeds again
             _log.error("audit checkpoint failed", error=type(exc).__name__)
+        else:
+            self.checkpoint_ok = True
+
+    async def ready(self) -> bool:
+        """For /readyz (gateway.audit.readiness): writer running, checkpoints signing, store accepting appends."""
+        from gateway.audit.readiness import chain_ready
+
+        return await chain_ready(self)
 
     async def _tick_loop(self) -> None:
         interval = self.settings.audit_checkpoint_interval_s
@@ -248,6 +268,10 @@ class AuditChain:
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_pruner", None) is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,9 +280,19 @@ class AuditChain:
             self._queue.put_nowait(None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._writer, timeout=10)
+        if self._cp_task is not None:
+            with contextlib.suppress(Exception):
+                await self._cp_task
+        if self._appender is not None:
+            await self._appender.close()
         await self._safe_checkpoint()
         for sink in self.sinks:
             sink.close()
+
+
+def _expire(future: asyncio.Future[int]) -> None:
+    if not future.done():
+        future.set_exception(AuditUnavailable())
 
 
 async def _lock_head(conn: Any) -> tuple[int, str]:

@@ -1,0 +1,176 @@
+"""The audit chain's batch writers: one dedicated database connection each, raw driver calls, no ORM per batch.
+
+``append(link)`` appends one batch as ONE transaction and returns its rows; ``link(seq, prev_hash)`` turns the
+batch's prepared rows into chained rows (seq and hash) starting after that head. The ``audit_head`` row still
+serialises appends from every process into one chain:
+
+- Postgres (``PgAppender``): the common case is ONE round trip and one autocommitted statement: a CTE moves the
+  head from the head this process last wrote to the batch's last record and inserts the batch only if the head
+  was still there (the UPDATE waits on the row lock; an appender in another process that got in first makes it
+  match nothing). On a miss, or when the head is not known yet, the batch is appended the pessimistic way:
+  ``SELECT … FOR UPDATE`` the head, link, insert, commit. Timeouts are set once per connection.
+- SQLite (``SqliteAppender``): the whole transaction (``BEGIN IMMEDIATE`` takes the database's write lock, read
+  the head, insert, move the head, commit) runs in one hop to a dedicated thread instead of one per statement.
+
+A failed batch drops its connection (the next batch reconnects) and raises: the caller fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from gateway.audit.canonical import GENESIS
+from gateway.db.audit import AuditRecord
+
+#: prepared rows (seq 0 / no hash yet) -> chained rows
+Linker = Callable[[int, str], list[dict[str, Any]]]
+
+COLUMNS = ("seq", "at", "tag", "actor", "target", "model", "decision", "request_id", "details", "prev_hash", "hash")
+_PG_TYPES = ("bigint", "timestamptz", *(["text"] * 9))
+
+_PG_HEAD_LOCK = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+_PG_SEED = "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING"
+_PG_MOVE_HEAD = "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s RETURNING id"
+_PG_UNNEST = ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
+#: fixed column names and placeholders only: no value is ever formatted into the text
+_PG_APPEND = " ".join((
+    f"WITH head AS ({_PG_MOVE_HEAD})",
+    f"INSERT INTO audit_records ({', '.join(COLUMNS)})",
+    f"SELECT * FROM unnest({_PG_UNNEST})",  # noqa: S608
+    "WHERE EXISTS (SELECT 1 FROM head)",
+))
+
+
+def _pg_params(rows: list[dict[str, Any]], base_seq: int, base_hash: str) -> list[Any]:
+    last = rows[-1]
+    return [last["seq"], last["hash"], base_seq, base_hash, *([r[c] for r in rows] for c in COLUMNS)]
+
+
+class PgAppender:
+    def __init__(self, database_url: str, *, lock_timeout: str = "5s", statement_timeout: str = "15s") -> None:
+        self.conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.timeouts = (lock_timeout, statement_timeout)
+        self._conn: Any = None
+        self._head: tuple[int, str] | None = None  # what this process last wrote (a guess for the fast path)
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+            self.timeouts,
+        )
+        return conn
+
+    async def append(self, link: Linker) -> list[dict[str, Any]]:
+        try:
+            conn = self._conn or await self._connect()
+            self._conn = conn
+            if self._head is not None:  # fast path: one statement, one round trip, committed on return
+                seq, prev = self._head
+                rows = link(seq, prev)
+                cur = await conn.execute(_PG_APPEND, _pg_params(rows, seq, prev))
+                if cur.rowcount == len(rows):
+                    self._head = (rows[-1]["seq"], rows[-1]["hash"])
+                    return rows
+            async with conn.transaction():  # another process moved the head (or it is unknown): lock, then append
+                row = await (await conn.execute(_PG_HEAD_LOCK)).fetchone()
+                if row is None:  # tables made without the migration's seed row
+                    await conn.execute(_PG_SEED, (GENESIS,))
+                    row = await (await conn.execute(_PG_HEAD_LOCK)).fetchone()
+                seq, prev = int(row[0]), row[1]
+                rows = link(seq, prev)
+                cur = await conn.execute(_PG_APPEND, _pg_params(rows, seq, prev))
+                if cur.rowcount != len(rows):
+                    raise RuntimeError("audit head moved while locked")
+            self._head = (rows[-1]["seq"], rows[-1]["hash"])
+            return rows
+        except BaseException:
+            await self._drop()
+            raise
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._head = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+_SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
+
+
+class SqliteAppender:
+    def __init__(self, path: str, at_to_db: Callable[[Any], Any]) -> None:
+        self.path = path
+        self.at_to_db = at_to_db  # SQLAlchemy's own bind processor for the column: stored exactly as the ORM does
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def append(self, link: Linker) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._append, link)
+
+    def _append(self, link: Linker) -> list[dict[str, Any]]:
+        conn = self._conn or self._connect()
+        self._conn = conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: every appender in every process queues here
+            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            if head is None:
+                conn.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
+                head = (0, GENESIS)
+            rows = link(int(head[0]), head[1])
+            at = self.at_to_db
+            conn.executemany(
+                _SQLITE_INSERT,
+                [(r["seq"], at(r["at"]), r["tag"], r["actor"], r["target"], r["model"], r["decision"],
+                  r["request_id"], r["details"], r["prev_hash"], r["hash"]) for r in rows],
+            )
+            conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (rows[-1]["seq"], rows[-1]["hash"]))
+            conn.execute("COMMIT")
+            return rows
+        except BaseException:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    async def close(self) -> None:
+        def _close() -> None:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(self._thread, _close)
+        self._thread.shutdown(wait=False)
+
+
+def appender_for(settings: Any, engine: Any) -> PgAppender | SqliteAppender | None:
+    """The dedicated writer for this database, or None (the generic SQLAlchemy path) for anything else."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "postgresql":
+        return PgAppender(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        at_type = AuditRecord.__table__.c.at.type.dialect_impl(engine.dialect)
+        processor = at_type.bind_processor(engine.dialect) or (lambda v: v)
+        return SqliteAppender(url.database, processor)
+    return None
