@@ -106,7 +106,9 @@ def main() -> None:
             one_rate = asyncio.run(_plain(settings, rows[: max(2000, args.records // 5)], args.producers, 1))
             batch_rate = asyncio.run(_plain(settings, rows, args.producers, 500))
             t = time.perf_counter()
-            report = verify_trail(url, head_file=Path(tmp) / "audit-head.jsonl")
+            report = verify_trail(
+                url, head_file=Path(tmp) / "audit-head.jsonl", keys_file=Path(tmp) / "audit-keys.jsonl"
+            )
             verify_rate = report.records / (time.perf_counter() - t)
             assert report.ok, [str(p) for p in report.problems]
     finally:

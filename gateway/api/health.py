@@ -1,4 +1,4 @@
-"""Health (alive), readiness (db, redis, backends) and Prometheus metrics: the public operational routes."""
+"""Health (alive), readiness (db, redis, audit, backends) and Prometheus metrics: the public operational routes."""
 
 from __future__ import annotations
 
@@ -30,7 +30,15 @@ async def readyz(request: Request) -> Response[dict[str, Any]]:
     checks["backends"] = {
         alias: any(e["healthy"] for e in endpoints) for alias, endpoints in services.router.status().items()
     }
-    ok = checks["database"] and checks.get("redis", True) and all(checks["backends"].values())
+    audit_ready = getattr(services.audit, "ready", None)  # the durable chain; a placeholder trail has none
+    if audit_ready is not None:
+        checks["audit"] = await audit_ready()
+    ok = (
+        checks["database"]
+        and checks.get("redis", True)
+        and checks.get("audit", True)
+        and all(checks["backends"].values())
+    )
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
 

@@ -76,7 +76,7 @@ def _count(url: str, lo: int | None = None, hi: int | None = None) -> int:
 
 @click.group("audit")
 def audit() -> None:
-    """The tamper-evident audit trail: verify, export, verify-export, public-key, checkpoint, prune."""
+    """The tamper-evident audit trail: verify, export, verify-export, public-key, rotate-key, checkpoint, prune."""
 
 
 @audit.command("verify")
@@ -87,11 +87,12 @@ def audit() -> None:
     "public_keys",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Trust only these PEM public keys (default: the keys the database lists).",
+    help="Trust only these PEM public keys (default: the pinned keys file, never the database's key table).",
 )
 def verify_cmd(from_seq: int | None, to_seq: int | None, public_keys: tuple[str, ...]) -> None:
     """Check the hash chain, the signed checkpoints and the external head. Exit 0 clean, 1 on any problem."""
     from gateway.audit.chain import head_file_of
+    from gateway.audit.pins import keys_file_of
     from gateway.audit.verify import verify_trail
     from gateway.cli import _settings
     from gateway.db.migrate import upgrade
@@ -106,6 +107,7 @@ def verify_cmd(from_seq: int | None, to_seq: int | None, public_keys: tuple[str,
         report = verify_trail(
             settings.database_url,
             head_file=head_file_of(settings),
+            keys_file=keys_file_of(settings),
             from_seq=from_seq,
             to_seq=to_seq,
             public_keys=pems,
@@ -218,15 +220,41 @@ def verify_export_cmd(file: Path, public_key: str | None) -> None:
 @audit.command("public-key")
 def public_key_cmd() -> None:
     """Print the audit signing public key (PEM) for offline verification."""
+    from gateway.audit.pins import keys_file_of
     from gateway.audit.signing import AuditSigner, public_pem
     from gateway.cli import _settings, _with_db
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> str:
-        signer = await AuditSigner.load_or_create(db, await open_keyring(_settings(), db))
+        settings = _settings()
+        signer = await AuditSigner.load_or_create(db, await open_keyring(settings, db), keys_file_of(settings))
         return public_pem(signer.public)
 
     click.echo(asyncio.run(_with_db(go)), nl=False)
+
+
+@audit.command("rotate-key")
+def rotate_key_cmd() -> None:
+    """Make a new audit signing key (pinned first); gateways sign with it after their next start, and the old
+    key stays pinned so its checkpoints still verify."""
+    from gateway.audit.events import AuditEvent, Tag
+    from gateway.audit.pins import keys_file_of
+    from gateway.audit.signing import AuditSigner
+    from gateway.cli import _settings, _with_db
+    from gateway.crypto import open_keyring
+
+    async def go(db: Any) -> str:
+        settings = _settings()
+        signer = await AuditSigner.create(db, await open_keyring(settings, db), keys_file_of(settings))
+        return signer.key_id
+
+    key_id = asyncio.run(_with_db(go))
+
+    async def note(chain: Any) -> None:  # recorded (and checkpointed) under the new key
+        await chain.record(AuditEvent(Tag.AUDIT_KEY_ROTATE, actor="cli", target=key_id))
+
+    asyncio.run(_with_chain(note))
+    click.echo(key_id)
 
 
 @audit.command("checkpoint")

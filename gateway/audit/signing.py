@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -62,7 +63,13 @@ class AuditSigner:
         return base64.b64encode(self.private.sign(payload)).decode()
 
     @classmethod
-    async def load_or_create(cls, db: Database, keyring) -> AuditSigner:  # noqa: ANN001 (gateway.crypto.Keyring)
+    async def load_or_create(
+        cls,
+        db: Database,
+        keyring,  # noqa: ANN001 (gateway.crypto.Keyring)
+        pin_file: Path | None = None,
+    ) -> AuditSigner:
+        """The active signing key (a new one when there is none); its public key is pinned in ``pin_file``."""
         async with db.session() as s:
             row = (
                 await s.execute(
@@ -73,19 +80,7 @@ class AuditSigner:
                 )
             ).scalar_one_or_none()
         if row is None:
-            private = Ed25519PrivateKey.generate()
-            kid = key_id_of(private.public_key())
-            raw = private.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-            blob = keyring.encrypt(
-                raw, table="audit_signing_keys", row=kid, field="private_key", purpose="signing"
-            )
-            async with db.session() as s:
-                s.add(
-                    AuditSigningKey(key_id=kid, public_key=public_pem(private.public_key()), private_key=blob)
-                )
-            return cls(kid, private)
+            return await cls.create(db, keyring, pin_file)
         raw = await keyring.adecrypt(
             row.private_key,
             table="audit_signing_keys",
@@ -93,10 +88,29 @@ class AuditSigner:
             field="private_key",
             purpose="signing",
         )
-        return cls(row.key_id, Ed25519PrivateKey.from_private_bytes(raw))
+        signer = cls(row.key_id, Ed25519PrivateKey.from_private_bytes(raw))
+        if pin_file is not None:
+            # it decrypted under the keyring, so the gateway made it: pin it if an older version did not
+            from gateway.audit.pins import pin_key
 
+            pin_key(pin_file, signer.public)
+        return signer
 
-async def trusted_keys(db: Database) -> dict[str, Ed25519PublicKey]:
-    async with db.session() as s:
-        rows = list((await s.execute(select(AuditSigningKey))).scalars())
-    return {r.key_id: load_public_pem(r.public_key) for r in rows}
+    @classmethod
+    async def create(cls, db: Database, keyring, pin_file: Path | None = None) -> AuditSigner:  # noqa: ANN001
+        """A new signing key; the newest active one signs, and older ones stay so their checkpoints still verify
+        (no UPDATE: the gateway's database role may only INSERT signing keys)."""
+        private = Ed25519PrivateKey.generate()
+        kid = key_id_of(private.public_key())
+        if pin_file is not None:  # pinned before it can sign anything
+            from gateway.audit.pins import pin_key
+
+            pin_key(pin_file, private.public_key())
+        raw = private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        blob = keyring.encrypt(raw, table="audit_signing_keys", row=kid, field="private_key", purpose="signing")
+        async with db.session() as s:
+            s.add(AuditSigningKey(key_id=kid, public_key=public_pem(private.public_key()), private_key=blob))
+        return cls(kid, private)
+

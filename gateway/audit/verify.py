@@ -4,7 +4,9 @@ Problems are reported separately: ``changed`` (a record's content no longer matc
 re-hashed so its successor's link or a signed checkpoint no longer matches), ``deleted`` (a gap in seq, or a link
 to a hash no record has), ``reordered`` (records whose links point to records elsewhere in the trail),
 ``truncated`` (the trail ends before a signed checkpoint or the external head), ``bad-signature`` and
-``unknown-key`` (checkpoints or head lines not signed by a known audit key).
+``unknown-key`` (checkpoints or head lines not signed by a trusted audit key, or a key in the database's key
+table that is not trusted). Trusted keys are the ``--public-key`` PEMs, else the pinned keys file kept outside the
+database (gateway.audit.pins); the database's own key table is never the trust anchor.
 
 Reads stream in seq order; per record it costs one SHA-256 and a few dict look-ups (≥100k records/s).
 """
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import create_engine, select
 
 from gateway.audit.canonical import GENESIS, checkpoint_payload, iso, record_hash
-from gateway.audit.signing import check_signature, load_public_pem
+from gateway.audit.signing import check_signature, key_id_of, load_public_pem
 from gateway.db.audit import AuditCheckpoint, AuditRecord, AuditSigningKey
 
 KINDS = ("changed", "deleted", "reordered", "truncated", "bad-signature", "unknown-key")
@@ -64,22 +66,44 @@ def _sync_url(url: str) -> str:
     return url.replace("sqlite+aiosqlite://", "sqlite://")
 
 
-def load_keys(engine, pinned: list[str] | None = None) -> dict[str, Ed25519PublicKey]:  # noqa: ANN001
-    """Known audit public keys: the given PEMs only, or every key the database lists."""
-    from gateway.audit.signing import key_id_of
+def load_keys(
+    engine,  # noqa: ANN001
+    report: Report,
+    pinned: list[str] | None = None,
+    keys_file: Path | None = None,
+) -> dict[str, Ed25519PublicKey]:
+    """The keys checkpoints must be signed by: the given PEMs, else the pinned keys file, NEVER the database's
+    own key table (whoever writes the database could add a key there). A key the database lists that is not
+    trusted is itself a problem ("unknown-key"): only a forger or a lost pin puts one there."""
+    from gateway.audit.pins import read_pins
 
     if pinned:
-        keys = [load_public_pem(p) for p in pinned]
-        return {key_id_of(k): k for k in keys}
+        keys = {key_id_of(k): k for k in (load_public_pem(p) for p in pinned)}
+        source = "the --public-key files"
+    else:
+        pins = read_pins(keys_file) if keys_file is not None else None
+        if pins is None or not pins.exists:
+            report.notes.append(
+                f"no pinned audit keys file at {keys_file}; give --public-key to check signatures"
+            )
+            keys = {}
+        else:
+            keys = pins.keys
+            for n, why in pins.bad_lines:
+                report.add("unknown-key", None, f"pinned keys file line {n} is {why}")
+        source = f"the pinned keys file {keys_file}"
     with engine.connect() as conn:
-        rows = conn.execute(select(AuditSigningKey.key_id, AuditSigningKey.public_key)).all()
-    return {kid: load_public_pem(pem) for kid, pem in rows}
+        listed = conn.execute(select(AuditSigningKey.key_id)).scalars().all()
+    for kid in sorted(set(listed) - set(keys)):
+        report.add("unknown-key", None, f"signing key {kid} in the database is not in {source}")
+    return keys
 
 
 def verify_trail(
     database_url: str,
     *,
     head_file: Path | None = None,
+    keys_file: Path | None = None,
     from_seq: int | None = None,
     to_seq: int | None = None,
     public_keys: list[str] | None = None,
@@ -87,14 +111,14 @@ def verify_trail(
 ) -> Report:
     engine = create_engine(_sync_url(database_url))
     try:
-        keys = load_keys(engine, public_keys)
-        return _verify(engine, keys, head_file, from_seq, to_seq, progress)
+        report = Report()
+        keys = load_keys(engine, report, public_keys, keys_file)
+        return _verify(engine, keys, head_file, from_seq, to_seq, progress, report)
     finally:
         engine.dispose()
 
 
-def _verify(engine, keys, head_file, from_seq, to_seq, progress) -> Report:  # noqa: ANN001, C901
-    report = Report()
+def _verify(engine, keys, head_file, from_seq, to_seq, progress, report) -> Report:  # noqa: ANN001, C901
     with engine.connect() as conn:
         cps = conn.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq, AuditCheckpoint.id)).all()
     # checkpoints: signatures first; only valid ones vouch for records

@@ -97,9 +97,15 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
             ok = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
             assert ok.status_code == 200, ok.text
             assert "Echo" in ok.json()["choices"][0]["message"]["content"]
+            ready = httpx.get(gw.url + "/readyz", timeout=10)
+            assert ready.status_code == 200 and ready.json()["checks"]["audit"] is True, ready.text
             with psycopg.connect(owner_url, autocommit=True) as c:
                 before = c.execute("SELECT count(*) FROM audit_records").fetchone()[0]
                 c.execute(f'REVOKE INSERT ON audit_records FROM "{role}"')  # a real refusal by the store
+            # readiness sees it before any request does: a load balancer stops sending traffic here
+            unready = httpx.get(gw.url + "/readyz", timeout=10)
+            assert unready.status_code == 503, unready.text
+            assert unready.json()["checks"]["audit"] is False and unready.json()["checks"]["database"] is True
             denied = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
             assert denied.status_code == 503, denied.text
             err = denied.json()["error"]
@@ -116,6 +122,7 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
             with psycopg.connect(owner_url, autocommit=True) as c:
                 assert c.execute("SELECT count(*) FROM audit_records").fetchone()[0] == before
                 c.execute(f'GRANT INSERT ON audit_records TO "{role}"')
+            assert httpx.get(gw.url + "/readyz", timeout=10).status_code == 200
             again = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
             assert again.status_code == 200, again.text
         finally:
@@ -123,3 +130,4 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
         with psycopg.connect(owner_url, autocommit=True) as c:
             tags = [r[0] for r in c.execute("SELECT tag FROM audit_records ORDER BY seq")]
         assert tags.count("inference:request:complete") == 2 and tags[0] == "admin:key:create"
+        assert "audit:probe:ready" not in tags  # readiness probes roll back

@@ -104,7 +104,7 @@ def _tamper(url: str, *statements: str) -> None:
 
 def _verify(env: dict[str, str]) -> tuple[int, set[str], str]:
     proc = cli(env, "audit", "verify", check=False)
-    kinds = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PROBLEM ")}
+    kinds = {line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("PROBLEM ")}
     return proc.returncode, kinds, proc.stdout
 
 
@@ -216,3 +216,62 @@ def test_range_verify_and_pruning_keep_the_rest_verifiable(trail) -> None:
     _tamper(url, f"DELETE FROM audit_records WHERE seq = {first}")
     code, kinds, out = _verify(env)
     assert code == 1 and "deleted" in kinds, out
+
+
+def test_rogue_key_row_in_the_database_is_not_trusted(trail) -> None:
+    """Whoever can write the database adds their own signing key and a checkpoint it signed: verify trusts only
+    the keys pinned outside the database, so both are named unknown-key."""
+    from cryptography.hazmat.primitives import serialization
+
+    url, env = trail
+    rogue = Ed25519PrivateKey.generate()
+    kid = key_id_of(rogue.public_key())
+    pem = rogue.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    with psycopg.connect(url) as c:
+        seq, head = c.execute(
+            "SELECT seq, head_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    at = "2030-01-01T00:00:00.000000+00:00"
+    signature = base64.b64encode(rogue.sign(checkpoint_payload(seq, head, at, "periodic", kid))).decode()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO audit_signing_keys (key_id, public_key, private_key, created_at, active) "
+            "VALUES (%s, %s, %s, now() - interval '1 day', false)",
+            (kid, pem, b"\x00" * 32),
+        )
+        c.execute(
+            "INSERT INTO audit_checkpoints (seq, head_hash, at, kind, key_id, signature) VALUES (%s, %s, %s, %s, "
+            "%s, %s)",
+            (seq, head, at, "periodic", kid, signature),
+        )
+    code, kinds, out = _verify(env)
+    assert code == 1 and kinds == {"unknown-key"}, out
+    assert f"signing key {kid} in the database is not in the pinned keys file" in out
+    assert "checkpoint #" in out and f"signed by {kid}" in out
+    # the real key, given explicitly, still vouches only for itself
+    real_pem = Path(env["PALISADE_DATA_DIR"], "k.pem")
+    real_pem.write_text(cli(env, "audit", "public-key").stdout)
+    proc = cli(env, "audit", "verify", "--public-key", str(real_pem), check=False)
+    assert proc.returncode == 1 and f"signed by {kid}" in proc.stdout, proc.stdout
+
+
+def test_rotated_key_is_pinned_and_old_checkpoints_still_verify(trail) -> None:
+    import json
+
+    url, env = trail
+    keys_file = Path(env["PALISADE_DATA_DIR"], "audit-keys.jsonl")
+    old = [json.loads(line)["key_id"] for line in keys_file.read_text().splitlines()]
+    new = cli(env, "audit", "rotate-key").stdout.strip().splitlines()[-1]
+    pinned = [json.loads(line)["key_id"] for line in keys_file.read_text().splitlines()]
+    assert len(old) == 1 and new != old[0] and pinned == [*old, new]
+    with psycopg.connect(url) as c:
+        kids = {r[0] for r in c.execute("SELECT DISTINCT key_id FROM audit_checkpoints")}
+    assert kids == {old[0], new}  # the rotation event was checkpointed under the new key
+    code, kinds, out = _verify(env)
+    assert code == 0, out
+    # a lost pin file is not silently replaced by the database's key table
+    keys_file.unlink()
+    code, kinds, out = _verify(env)
+    assert code == 1 and kinds == {"unknown-key"}, out
