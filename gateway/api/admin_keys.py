@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 from sqlalchemy import select
 
@@ -120,6 +120,20 @@ async def disable_client(request: Request, client_id: Ident) -> dict[str, Any]:
         raise NotFound("no active client with that id")
     await audit(request, Tag.CLIENT_DISABLE, actor=principal_of(request).id, target=client_id)
     return {"disabled": client_id}
+
+
+@delete(
+    "/admin/clients/{client_id:str}",
+    opt={"action": Action.CLIENT_WRITE},
+    operation_id="deleteClient",
+    tags=TAGS,
+    status_code=200,
+)
+async def delete_client(request: Request, client_id: Ident) -> dict[str, Any]:
+    if not await _identity(request).clients.delete(client_id):
+        raise NotFound("no client with that id")
+    await audit(request, Tag.CLIENT_DELETE, actor=principal_of(request).id, target=client_id)
+    return {"deleted": client_id}
 
 
 # --- API keys -------------------------------------------------------------------------------------------------------
@@ -337,6 +351,7 @@ ADMIN_IDENTITY_ROUTES = [
     create_client,
     list_clients,
     disable_client,
+    delete_client,
     create_key,
     list_keys,
     revoke_key,

@@ -77,6 +77,7 @@ class ApiKeyService:
                 await self._touch_if_due(principal.key_id)
                 return principal
             return None
+        generation = self.cache.generation if self.cache is not None else 0
         async with self.db.session() as s:
             row = (await s.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one_or_none()
             if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
@@ -94,7 +95,7 @@ class ApiKeyService:
             key_id=row.id,
         )
         if self.cache is not None:
-            self.cache.put(prefix, row.key_hash, (principal, row.expires_at), row.id)
+            self.cache.put(prefix, row.key_hash, (principal, row.expires_at), row.id, generation=generation)
         return principal
 
     async def _touch_if_due(self, key_id: str | None) -> None:

@@ -90,7 +90,7 @@ def clients_list() -> None:
 @clients.command("disable")
 @click.argument("client_id")
 def clients_disable(client_id: str) -> None:
-    """Disable a client: no new tokens (issued tokens expire within the token lifetime)."""
+    """Disable a client: no new tokens, and its issued tokens are refused from the next request on."""
     from gateway.audit.events import AuditEvent, Tag
     from gateway.authn.clients import ClientService
 
@@ -103,6 +103,24 @@ def clients_disable(client_id: str) -> None:
     if not _run_db(go):
         raise click.ClickException(f"no active client {client_id}")
     click.echo(f"disabled {client_id}")
+
+
+@clients.command("delete")
+@click.argument("client_id")
+def clients_delete(client_id: str) -> None:
+    """Delete a client for good; its issued tokens are refused from the next request on."""
+    from gateway.audit.events import AuditEvent, Tag
+    from gateway.authn.clients import ClientService
+
+    async def go(db: Any) -> bool:
+        done = await ClientService(db).delete(client_id)
+        if done:
+            await _audit(db, AuditEvent(Tag.CLIENT_DELETE, actor="cli", target=client_id))
+        return done
+
+    if not _run_db(go):
+        raise click.ClickException(f"no client {client_id}")
+    click.echo(f"deleted {client_id}")
 
 
 @click.group("admin")

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from gateway.db.base import utcnow
 from gateway.db.identity import OAuthClient
@@ -71,6 +71,9 @@ class AuthlibClient:
 class ClientService:
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: revocation-aware cache of "is this client still active" (gateway.authn.revocation.CredentialCache),
+        #: set by the identity wiring; the CLI runs without one and only announces
+        self.cache: Any = None
 
     async def create(
         self,
@@ -116,6 +119,28 @@ class ClientService:
             return None
         return row
 
+    async def is_active(self, client_id: str) -> bool:
+        """Whether tokens of this client are still honoured (not disabled, not deleted). Checked on every request
+        carrying one of our JWTs, so it is cached; disabling or deleting announces a revocation that empties the
+        cache on every replica before its next request."""
+        lookup = "client:" + client_id
+        cached = self.cache.get(lookup) if self.cache is not None else None
+        if cached is not None:
+            return bool(cached.value)
+        generation = self.cache.generation if self.cache is not None else 0
+        row = await self.get_active(client_id)
+        if self.cache is not None:
+            idents = (client_id, row.id) if row is not None else (client_id,)
+            self.cache.put(lookup, "", row is not None, *idents, generation=generation)
+        return row is not None
+
+    async def _announce(self, client_id: str) -> None:
+        from gateway.authn.revocation import announce_revocation
+
+        if self.cache is not None:
+            self.cache.evict(client_id)
+        await announce_revocation(self.db.settings, client_id)
+
     async def touch(self, row_id: str) -> None:
         async with self.db.session() as s:
             await s.execute(update(OAuthClient).where(OAuthClient.id == row_id).values(last_used_at=utcnow()))
@@ -128,7 +153,21 @@ class ClientService:
                 .where(OAuthClient.disabled_at.is_(None))
                 .values(disabled_at=utcnow())
             )
-            return res.rowcount > 0
+            done = res.rowcount > 0
+        if done:
+            # tokens already issued die with the client: every replica refuses them on its next request
+            await self._announce(client_id)
+        return done
+
+    async def delete(self, client_id: str) -> bool:
+        async with self.db.session() as s:
+            res = await s.execute(
+                delete(OAuthClient).where((OAuthClient.client_id == client_id) | (OAuthClient.id == client_id))
+            )
+            done = res.rowcount > 0
+        if done:
+            await self._announce(client_id)
+        return done
 
     async def list(self) -> list[OAuthClient]:
         async with self.db.session() as s:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.clients import ClientService
 from gateway.authn.jwt_verify import JwtVerifier
@@ -23,6 +25,8 @@ from gateway.authn.users import LOCKOUT_AFTER, UserService
 from gateway.authn.webauthn_factor import WebAuthnFactor
 from gateway.db.session import Database
 from gateway.settings import Settings
+
+_log = structlog.get_logger("palisade.authn.identity")
 
 
 def issuer_of(settings: Settings) -> str:
@@ -80,6 +84,7 @@ class Identity:
             to_principal=client_principal,
         )
         self.key_cache = CredentialCache(settings, settings.redis_url)
+        self.clients.cache = self.key_cache  # one revocation channel for keys and clients
         self.idp_verifier: JwtVerifier | None = None
         if settings.oidc_issuer and settings.oidc_jwks_url:
             from gateway.authn.oidc import oidc_verifier
@@ -96,7 +101,7 @@ class Identity:
 
     def install(self, services: Any) -> None:
         authenticator = services.authenticator
-        authenticator.token_verifiers.append(self.verifier)
+        authenticator.token_verifiers.append(self.verify_client_token)
         if self.idp_verifier is not None:
             authenticator.token_verifiers.append(self.idp_verifier)
         authenticator.session_resolvers.append(self.sessions.resolve)
@@ -114,6 +119,18 @@ class Identity:
             )
 
         self.users.on_locked = locked
+
+    async def verify_client_token(self, token: str) -> Principal | None:
+        """One of our access tokens, honoured only while its client is active: disabling or deleting a client
+        ends its tokens on the next request (like revoking an API key), not at their expiry."""
+        principal = await self.verifier(token)
+        if principal is None:
+            return None
+        client_id = principal.attributes["client_id"]
+        if not await self.clients.is_active(client_id):
+            _log.info("jwt rejected", issuer=self.issuer, reason="client disabled or deleted")
+            return None
+        return principal
 
     def metadata(self) -> dict[str, Any]:
         """OpenID Provider / OAuth AS metadata (RFC 8414) for what this issuer actually supports."""

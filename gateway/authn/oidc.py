@@ -91,6 +91,7 @@ def oidc_verifier(settings: Settings, jwks: RemoteJwks | None = None) -> JwtVeri
             roles=roles,
             attributes=attrs,
             mfa_at=mfa_time(claims),
+            key_id=str(claims.get("jti") or "")[:200] or None,  # the token's id, for audit (never the token)
         )
 
     return JwtVerifier(

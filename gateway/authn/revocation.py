@@ -69,16 +69,21 @@ class CredentialCache:
         self.settings = settings
         self.redis_url = redis_url
         self._entries: dict[str, _Entry] = {}
+        #: bumped by every eviction: a database read that began before a revocation must not be cached after it
+        self.generation = 0
         self._marker = marker_path(settings)
         self._marker_mtime = self._mtime()
         self._subscribed = redis_url is None  # embedded mode relies on the marker file alone
         self._task: asyncio.Task[None] | None = None
 
-    def _mtime(self) -> int:
+    def _mtime(self) -> tuple[int, int]:
         try:
-            return os.stat(self._marker).st_mtime_ns
+            st = os.stat(self._marker)
         except FileNotFoundError:
-            return 0
+            return (0, 0)
+        # the inode too: each announcement os.replace()s in a new file, so two announcements within one
+        # filesystem timestamp tick (milliseconds) still look different
+        return (st.st_ino, st.st_mtime_ns)
 
     def usable(self) -> bool:
         if not self._subscribed:
@@ -86,7 +91,7 @@ class CredentialCache:
         mtime = self._mtime()
         if mtime != self._marker_mtime:
             self._marker_mtime = mtime
-            self._entries.clear()
+            self._clear()
         return True
 
     def get(self, lookup: str) -> _Entry | None:
@@ -98,14 +103,21 @@ class CredentialCache:
             return None
         return entry
 
-    def put(self, lookup: str, key_hash: str, value: Any, *ident: str) -> None:
-        if not self.usable():
+    def put(self, lookup: str, key_hash: str, value: Any, *ident: str, generation: int | None = None) -> None:
+        """Cache a verified credential; ``generation`` is :attr:`generation` read before the database read, so a
+        revocation that arrived in between wins."""
+        if not self.usable() or (generation is not None and generation != self.generation):
             return
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[lookup] = _Entry(time.monotonic(), key_hash, value, (lookup, *ident))
 
+    def _clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
     def evict(self, ident: str) -> None:
+        self.generation += 1
         for lookup, entry in list(self._entries.items()):
             if ident in entry.ident:
                 self._entries.pop(lookup, None)
@@ -128,7 +140,7 @@ class CredentialCache:
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    self._entries.clear()  # anything cached while unsubscribed may be stale
+                    self._clear()  # anything cached while unsubscribed may be stale
                     self._subscribed = True
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -140,7 +152,7 @@ class CredentialCache:
                 _log.warning("revocation channel lost; cache off until it is back", error=type(exc).__name__)
             finally:
                 self._subscribed = False
-                self._entries.clear()
+                self._clear()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(1.0)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from gateway.audit.events import Tag
 from gateway.authn.signing import rotate_signing_keys
 from gateway.db.audit import AuditRecord
 from gateway.db.base import utcnow
@@ -23,6 +24,7 @@ from tests.integration.test_identity_helpers import (
     make_person,
 )
 from tests.support.fake_upstreams import fake_upstream
+from tests.support.server import base_env, cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -510,3 +512,80 @@ async def test_concurrent_logins_against_sqlite_do_not_500(gw):
         *[client.post("/auth/login", json={"username": q.username, "password": "wrong pass"}) for q in people]
     )
     assert all(r.status_code == 401 for r in rs)
+
+
+# --- ending a client's tokens, and what inference audit records say about authentication --------------------------
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def claims_of(token: str) -> dict:
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+async def test_disabling_or_deleting_a_client_ends_its_issued_tokens_at_once(gw, fresh):
+    client, app = fresh
+    h = {"X-CSRF-Token": await login(client, await make_person(app, "admin"))}
+    made = [await new_client(app, name=f"ending-{i}", models=["mock"]) for i in range(4)]
+    tokens = [await token_for(client, m) for m in made]
+    for token in tokens:  # twice each: the second answer comes from the verified-client cache
+        for _ in range(2):
+            assert (await client.get("/v1/models", headers=bearer(token))).status_code == 200
+
+    # the admin API: the already-issued token is refused on the very next request, and no new one is issued
+    assert (await client.post(f"/admin/clients/{made[0].client_id}/disable", headers=h)).status_code == 200
+    assert_error_shape(await client.get("/v1/models", headers=bearer(tokens[0])), 401)
+    r = await client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(made[0].client_id, made[0].client_secret)
+    )
+    assert_error_shape(r, 401)
+    assert (await client.get("/v1/models", headers=bearer(tokens[3]))).status_code == 200  # others unaffected
+
+    # the CLI, another process: only the revocation marker file reaches this one (embedded mode, no Redis)
+    settings = app.state.services.identity.settings
+    env = base_env(
+        settings.data_dir, PALISADE_DATABASE_URL=settings.database_url, PALISADE_MODELS_FILE=str(settings.models_file)
+    )
+    await asyncio.to_thread(cli, env, "clients", "disable", made[1].client_id)
+    assert_error_shape(await client.get("/v1/models", headers=bearer(tokens[1])), 401)
+
+    # deleting, through the API and through the CLI
+    assert (await client.delete(f"/admin/clients/{made[2].client_id}", headers=h)).json() == {
+        "deleted": made[2].client_id
+    }
+    assert_error_shape(await client.get("/v1/models", headers=bearer(tokens[2])), 401)
+    assert_error_shape(await client.delete(f"/admin/clients/{made[2].client_id}", headers=h), 404)
+    await asyncio.to_thread(cli, env, "clients", "delete", made[3].client_id)
+    assert_error_shape(await client.get("/v1/models", headers=bearer(tokens[3])), 401)
+
+    listed = {c["client_id"]: c for c in (await client.get("/admin/clients", headers=h)).json()}
+    assert listed[made[0].client_id]["disabled"] and listed[made[1].client_id]["disabled"]
+    assert made[2].client_id not in listed and made[3].client_id not in listed
+    tags = [(r.tag, r.target) for r in await audit_tags(app)]
+    assert (Tag.CLIENT_DELETE, made[2].client_id) in tags and (Tag.CLIENT_DELETE, made[3].client_id) in tags
+
+
+async def test_inference_audit_records_name_how_each_request_authenticated(gw):
+    client, app = gw
+    token = await token_for(client, await new_client(app, name="audited", models=["mock"]))
+    key = await app.state.services.keys.create("audited-key", models=["mock"])
+    seq = await last_seq(app)
+    request_ids = []
+    for credential in (token, key.key):
+        r = await client.post(
+            "/v1/chat/completions",
+            headers=bearer(credential),
+            json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 200, r.text
+        request_ids.append(r.headers["x-request-id"])
+    records = await audit_tags(app, seq)
+    # one record per request (the authentication is folded into it, not a record of its own)
+    assert [(r.request_id, r.tag) for r in records] == [(rid, Tag.INFERENCE) for rid in request_ids]
+    details = [json.loads(r.details) for r in records]
+    assert [(d["auth_method"], d["auth_id"]) for d in details] == [
+        ("jwt", claims_of(token)["jti"]),
+        ("api_key", key.id),
+    ]
+    assert all(token not in r.details and key.key not in r.details for r in records)

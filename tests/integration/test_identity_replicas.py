@@ -3,7 +3,9 @@
 - a key revoked through the CLI, or through one replica's admin API, is refused by the other replica at once
   (each replica caches verified keys; revocation is broadcast over Redis);
 - a client-credentials token issued by one replica works on the other, also as the `openai` SDK's api_key;
-- one TOTP code submitted concurrently to both replicas logs in exactly once.
+- one TOTP code submitted concurrently to both replicas logs in exactly once;
+- disabling or deleting an OAuth2 client (CLI or admin API) ends its issued tokens at once on every replica, also
+  on one with its own data directory (so only the Redis broadcast, not the shared marker file, can tell it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -166,3 +169,58 @@ def test_one_totp_code_submitted_to_both_replicas_concurrently_wins_once(replica
         with ThreadPoolExecutor(len(urls)) as pool:
             statuses = list(pool.map(submit, zip(urls, pendings, strict=True)))
         assert sorted(statuses) == [200] + [401] * (len(urls) - 1), statuses
+
+
+@pytest.fixture(scope="module")
+def lone_replica(replicas, tmp_path_factory):
+    """A third replica with its own data directory (same database, Redis and master key)."""
+    a, _, env = replicas
+    master = (Path(env["PALISADE_DATA_DIR"]) / "master.key").read_text().split()
+    data = tmp_path_factory.mktemp("lone")
+    lone_env = {**env, "PALISADE_DATA_DIR": str(data), "PALISADE_MASTER_KEY": ",".join(reversed(master))}
+    c = GatewayProcess(lone_env, data / "c.log").start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def client_token(url: str, creds: dict) -> str:
+    r = httpx.post(
+        f"{url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(creds["client_id"], creds["client_secret"]),
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def test_disabling_or_deleting_a_client_ends_its_tokens_on_every_replica_at_once(replicas, lone_replica):
+    a, b, env = replicas
+    urls = [a.url, b.url, lone_replica.url]
+    seed = create_person(env, "client-admin")
+    done = finish_login(a.url, begin_login(a.url, "client-admin"), totp.code_at(seed))
+    assert done.status_code == 200, done.text
+    admin = {
+        "Cookie": f"__Host-palisade_session={cookie_from(done, '__Host-palisade_session')}",
+        "X-CSRF-Token": done.json()["csrf_token"],
+    }
+    ends = [
+        lambda cid: cli(env, "clients", "disable", cid),
+        lambda cid: httpx.post(f"{a.url}/admin/clients/{cid}/disable", headers=admin, timeout=10),
+        lambda cid: httpx.delete(f"{a.url}/admin/clients/{cid}", headers=admin, timeout=10),
+    ]
+    for i, end in enumerate(ends):
+        made = httpx.post(
+            f"{a.url}/admin/clients", json={"name": f"ending-{i}", "models": ["mock"]}, headers=admin, timeout=10
+        )
+        assert made.status_code == 201, made.text
+        creds = made.json()
+        token = client_token(b.url, creds)
+        for _ in range(2):  # warm every replica's verified-client cache
+            assert [models_status(u, token) for u in urls] == [200, 200, 200]
+        result = end(creds["client_id"])
+        assert getattr(result, "returncode", None) == 0 or getattr(result, "status_code", None) == 200, result
+        # the very next request on every replica, the lone one first (it hears only the Redis broadcast)
+        assert [models_status(u, token) for u in reversed(urls)] == [401, 401, 401], i
