@@ -43,7 +43,9 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                # plus what a handler left for the response (RateLimit headers before a stream starts)
+                extra = scope["state"].get("response_headers") or ()
+                message["headers"] = [*message.get("headers", ()), rid_header, *extra]
             await send(message)
 
         try:

@@ -18,6 +18,15 @@ _encode = msgspec.json.encode
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class EventStream(Stream):
+    """A Stream that keeps ``text/event-stream``: Litestar lets the route's media type (JSON, for routes that
+    answer either way) override a returned Stream's own."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
 def event(payload: Any) -> bytes:
     return b"data: " + _encode(payload) + b"\n\n"
 
@@ -45,4 +54,4 @@ def sse_response(
         if done:
             yield b"data: [DONE]\n\n"
 
-    return Stream(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+    return EventStream(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})

@@ -51,6 +51,8 @@ async def check(
                        decision=decision.id, request_id=request_id_of(connection.scope),
                        details={"action": action, "rule": decision.rule})
         )
+        if services.usage_watch is not None:  # denials feed the principal's usage baseline (unusual use)
+            services.usage_watch.note(principal.id, 0, denied=True)
         raise Forbidden(decision_id=decision.id)
 
 

@@ -27,6 +27,10 @@ class Scope:
         return f"pal:lim:{self.kind}:{self.subject}"
 
 
+#: kind codes of the reserve script's "left" entries (gateway/limits/gcra.py): name and window in seconds
+_WINDOWED = {1: ("requests_per_minute", 60), 2: ("tokens_per_minute", 60), 3: ("daily_tokens", 86400)}
+
+
 @dataclass(slots=True)
 class Reservation:
     principal_id: str
@@ -36,6 +40,23 @@ class Reservation:
     scopes: tuple[Scope, ...] = field(default_factory=tuple)
     day: int = 0  # the UTC day number the daily quota was charged to (settle refunds that day)
     settled: bool = False
+    #: after a successful reserve: (scope index 1-based, kind code, remaining, reset_s) per windowed limit
+    left: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers) for a success: every
+        windowed limit that applied, with what is left after this request (same names as on a 429)."""
+        if not self.left:
+            return []
+        policies, states = [], []
+        for index, code, remaining, reset in self.left:
+            scope = self.scopes[index - 1]
+            name, window = _WINDOWED[code]
+            quota = (scope.requests_per_min, scope.tokens_per_min, scope.daily_tokens)[code - 1]
+            label = f'"{scope.kind}.{name}"'
+            policies.append(f"{label};q={quota};w={window}")
+            states.append(f"{label};r={max(0, remaining)};t={max(0, reset)}")
+        return [(b"ratelimit-policy", ", ".join(policies).encode()), (b"ratelimit", ", ".join(states).encode())]
 
 
 class Limiter(Protocol):

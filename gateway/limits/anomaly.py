@@ -1,6 +1,7 @@
-"""Unusual use: per-principal baselines (requests, tokens, denials and off-hours share per active minute, as
-exponentially weighted averages in the database). A minute far above the baseline raises an audit event and a
-metric and, when an admin enabled ``anomaly.suspend``, suspends the principal until an admin lifts it.
+"""Unusual use: per-principal baselines (requests, tokens, denials and off-hours share per active window -- a
+minute unless ``anomaly_window_s`` says otherwise -- as exponentially weighted averages in the database). A window
+far above the baseline raises an audit event and a metric and, when an admin enabled ``anomaly.suspend``,
+suspends the principal until an admin lifts it. Denials are authorization denials (the guard) and limit refusals.
 
 Counts are per replica (each sees its share of the traffic); baselines are shared through the database.
 """
@@ -29,7 +30,6 @@ ANOMALIES = Counter(
 TAG_ANOMALY = Tag.USAGE_ANOMALY
 TAG_SUSPEND = Tag.PRINCIPAL_SUSPEND
 ALPHA = 0.1  # weight of the newest minute in the baseline
-WARMUP_MINUTES = 5  # no verdicts before a baseline has this many active minutes
 
 
 @dataclass
@@ -46,10 +46,13 @@ class UsageWatch:
         self.s = services
         self.clock = clock
         self.current: dict[str, _Minute] = {}
+        settings = services.settings
+        self.window_s = float(getattr(settings, "anomaly_window_s", 60.0))
+        self.warmup = int(getattr(settings, "anomaly_warmup_windows", 5))  # no verdicts before this many windows
         self._task: asyncio.Task | None = None
 
     def note(self, principal_id: str, tokens: int, *, denied: bool = False) -> None:
-        minute = int(self.clock() // 60)
+        minute = int(self.clock() // self.window_s)
         m = self.current.get(principal_id)
         if m is None or m.minute != minute:
             if m is not None:
@@ -75,8 +78,8 @@ class UsageWatch:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(10)
-            minute = int(self.clock() // 60)
+            await asyncio.sleep(min(10.0, self.window_s / 4))
+            minute = int(self.clock() // self.window_s)
             for pid, m in list(self.current.items()):
                 if m.minute < minute:
                     del self.current[pid]
@@ -87,6 +90,7 @@ class UsageWatch:
         cfg = self.s.limits_config
         factor = float(cfg.option("anomaly.factor"))
         min_requests = int(cfg.option("anomaly.min_requests"))
+        min_denials = int(cfg.option("anomaly.min_denials"))
         try:
             async with self.s.db.session() as s:
                 row = await s.get(UsageBaseline, principal_id)
@@ -101,12 +105,12 @@ class UsageWatch:
                     )
                     s.add(row)
                 spikes = []
-                if row.minutes >= WARMUP_MINUTES:
+                if row.minutes >= self.warmup:
                     if m.requests >= min_requests and m.requests > factor * max(row.requests_per_min, 1.0):
                         spikes.append("requests")
                     if m.tokens > factor * max(row.tokens_per_min, 100.0) and m.requests >= 3:
                         spikes.append("tokens")
-                    if m.denials >= 10 and m.denials > factor * max(row.denials_per_min, 1.0):
+                    if m.denials >= min_denials and m.denials > factor * max(row.denials_per_min, 1.0):
                         spikes.append("denials")
                     if m.offhours >= min_requests and row.offhours_share < 0.05:
                         spikes.append("offhours")
@@ -116,7 +120,7 @@ class UsageWatch:
                     "minutes": row.minutes,
                 }
                 if not spikes:  # a spike does not teach the baseline that spikes are normal
-                    w = ALPHA if row.minutes >= WARMUP_MINUTES else 1.0 / (row.minutes + 1)
+                    w = ALPHA if row.minutes >= self.warmup else 1.0 / (row.minutes + 1)
                     row.requests_per_min += w * (m.requests - row.requests_per_min)
                     row.tokens_per_min += w * (m.tokens - row.tokens_per_min)
                     row.denials_per_min += w * (m.denials - row.denials_per_min)

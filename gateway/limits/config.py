@@ -23,6 +23,7 @@ OPTIONS: dict[str, Any] = {
     "anomaly.suspend": False,
     "anomaly.factor": 5.0,
     "anomaly.min_requests": 30,
+    "anomaly.min_denials": 10,
 }
 PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 0, 1, 2
 

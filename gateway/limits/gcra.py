@@ -18,13 +18,15 @@ WINDOW_S = 60.0
 DAY_S = 86400
 
 #: KEYS: one base key per scope. ARGV: id, tokens, lease_s, then per scope rpm, tpm, conc, daily.
-#: Returns {1, day} or {0, scope index (1-based), kind, retry_ms, limit, remaining, reset_s}.
+#: Returns {1, day, then per windowed limit: scope index (1-based), kind code (1 rpm, 2 tpm, 3 daily), remaining,
+#: reset_s} (what is left after this request, for the RateLimit header of a success) or
+#: {0, scope index (1-based), kind, retry_ms, limit, remaining, reset_s}.
 RESERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local day = math.floor(now / 86400)
 local id, tokens, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local plan = {}
+local plan, left = {}, {}
 for i = 1, #KEYS do
   local b = 3 + (i - 1) * 4
   local rpm, tpm, conc, daily = tonumber(ARGV[b+1]), tonumber(ARGV[b+2]), tonumber(ARGV[b+3]), tonumber(ARGV[b+4])
@@ -37,6 +39,7 @@ for i = 1, #KEYS do
       return {0, i, 'requests_per_minute', math.ceil((new - now - 60) * 1000), rpm, 0, math.ceil(tat - now)}
     end
     plan[#plan+1] = {'SET', k .. ':rpm', tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000}
+    left[#left+1] = {i, 1, math.floor((60 - (new - now)) / T + 1e-6), math.ceil(new - now)}
   end
   if tpm > 0 then
     local T = 60 / tpm
@@ -50,6 +53,7 @@ for i = 1, #KEYS do
               math.max(0, math.floor((60 - (tat - now)) / T)), math.ceil(tat - now)}
     end
     plan[#plan+1] = {'SET', k .. ':tpm', tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000}
+    left[#left+1] = {i, 2, math.floor((60 - (new - now)) / T + 1e-6), math.ceil(new - now)}
   end
   if conc > 0 then
     redis.call('ZREMRANGEBYSCORE', k .. ':conc', '-inf', now)
@@ -67,11 +71,16 @@ for i = 1, #KEYS do
       return {0, i, 'daily_tokens', reset * 1000, daily, math.max(0, daily - used), reset}
     end
     plan[#plan+1] = {'INCRBY', dk, tokens}
+    left[#left+1] = {i, 3, daily - used - tokens, math.ceil((day + 1) * 86400 - now)}
     plan[#plan+1] = {'EXPIRE', dk, 172800}
   end
 end
 for _, cmd in ipairs(plan) do redis.call(unpack(cmd)) end
-return {1, day}
+local out = {1, day}
+for _, l in ipairs(left) do
+  out[#out+1] = l[1]; out[#out+1] = l[2]; out[#out+1] = l[3]; out[#out+1] = l[4]
+end
+return out
 """
 
 #: KEYS: the reservation's base keys. ARGV: id, reserved, used, day, then per scope tpm, conc, daily.
@@ -125,11 +134,20 @@ class MemoryBuckets:
         self.daily: dict[str, int] = {}
 
     def reserve(
-        self, now: float, scopes: tuple[Scope, ...], rid: str, tokens: int, lease_s: float
+        self,
+        now: float,
+        scopes: tuple[Scope, ...],
+        rid: str,
+        tokens: int,
+        lease_s: float,
+        left: list[tuple[int, int, int, int]] | None = None,
     ) -> tuple[int, Refusal | None]:
+        """``left`` (when given) receives what the Lua script returns after a success: (scope index, kind code,
+        remaining, reset_s) per windowed limit."""
         day = math.floor(now / DAY_S)
         plan: list[tuple[str, str, float]] = []
-        for s in scopes:
+        after: list[tuple[int, int, int, int]] = []
+        for n, s in enumerate(scopes, 1):  # n: the scope's 1-based index, as in the Lua script
             k = s.key
             if s.requests_per_min > 0:
                 T = WINDOW_S / s.requests_per_min
@@ -145,6 +163,7 @@ class MemoryBuckets:
                         math.ceil(tat - now),
                     )
                 plan.append(("tat", k + ":rpm", new))
+                after.append((n, 1, math.floor((WINDOW_S - (new - now)) / T + 1e-6), math.ceil(new - now)))
             if s.tokens_per_min > 0:
                 T = WINDOW_S / s.tokens_per_min
                 tat = max(self.tat.get(k + ":tpm", 0.0), now)
@@ -162,6 +181,7 @@ class MemoryBuckets:
                         math.ceil(tat - now),
                     )
                 plan.append(("tat", k + ":tpm", new))
+                after.append((n, 2, math.floor((WINDOW_S - (new - now)) / T + 1e-6), math.ceil(new - now)))
             if s.concurrency > 0:
                 held = {i: exp for i, exp in self.leases.get(k, {}).items() if exp > now}
                 self.leases[k] = held
@@ -177,6 +197,7 @@ class MemoryBuckets:
                         s, "daily_tokens", reset, s.daily_tokens, max(0, s.daily_tokens - used), reset
                     )
                 plan.append(("day", dk, tokens))
+                after.append((n, 3, s.daily_tokens - used - tokens, math.ceil((day + 1) * DAY_S - now)))
         for op, k, v in plan:
             if op == "tat":
                 self.tat[k] = v
@@ -184,6 +205,8 @@ class MemoryBuckets:
                 self.leases.setdefault(k, {})[rid] = v
             else:
                 self.daily[k] = self.daily.get(k, 0) + int(v)
+        if left is not None:
+            left.extend(after)
         return day, None
 
     def settle(

@@ -8,6 +8,7 @@ an admin set ``limits.fail_open``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
+from redis.exceptions import NoScriptError
 
 from gateway.authn.principal import Principal
 from gateway.errors import Forbidden, RateLimited, ServiceUnavailable
@@ -67,6 +69,22 @@ def rate_limited(r: Refusal) -> RateLimited:
     )
 
 
+class _Script:
+    """One Lua script called by EVALSHA straight through the client (redis-py's Script object re-checks and
+    re-wraps on every call); loaded on first NOSCRIPT. Still one round trip per call."""
+
+    def __init__(self, redis: Any, source: str) -> None:
+        self.redis, self.source = redis, source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.redis.script_load(self.source)
+            return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -84,8 +102,8 @@ class RateLimiter:
         self.watch = watch  # usage anomaly detector (gateway/limits/anomaly.py), optional
         self.memory = MemoryBuckets() if redis is None else None
         if redis is not None:
-            self._reserve = redis.register_script(RESERVE_LUA)
-            self._settle = redis.register_script(SETTLE_LUA)
+            self._reserve = _Script(redis, RESERVE_LUA)
+            self._settle = _Script(redis, SETTLE_LUA)
 
     async def reserve(self, principal: Principal, model: str, tokens: int) -> Reservation:
         reason = self.config.snapshot.suspended.get(principal.id)
@@ -97,9 +115,11 @@ class RateLimiter:
         rid = secrets.token_hex(8)
         res = Reservation(principal.id, model, tokens, token=rid, scopes=scopes)
         if not scopes:
+            if self.watch is not None:  # unlimited principals still have a usage baseline
+                self.watch.note(principal.id, tokens)
             return res
         if self.memory is not None:
-            res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s)
+            res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s, res.left)
         else:
             refusal = await self._reserve_redis(res)
         if self.watch is not None:
@@ -114,7 +134,7 @@ class RateLimiter:
         for s in res.scopes:
             args += [s.requests_per_min, s.tokens_per_min, s.concurrency, s.daily_tokens]
         try:
-            out = await self._reserve(keys=[s.key for s in res.scopes], args=args)
+            out = await self._reserve([s.key for s in res.scopes], args)
         except Exception as exc:
             if self.config.fail_open:
                 LIMITER_ERRORS.labels("fail_open").inc()
@@ -127,6 +147,7 @@ class RateLimiter:
             ) from exc
         if int(out[0]) == 1:
             res.day = int(out[1])
+            res.left = [(int(out[j]), int(out[j + 1]), int(out[j + 2]), int(out[j + 3])) for j in range(2, len(out), 4)]
             return None
         kind = out[2].decode() if isinstance(out[2], bytes) else str(out[2])
         scope = res.scopes[int(out[1]) - 1]
@@ -147,7 +168,7 @@ class RateLimiter:
         args: list[Any] = [reservation.token, reservation.tokens, used, reservation.day]
         for s in reservation.scopes:
             args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
-        await self._settle(keys=[s.key for s in reservation.scopes], args=args)
+        await self._settle([s.key for s in reservation.scopes], args)
 
     async def usage(self, principal: Principal, model: str | None = None) -> dict[str, Any]:
         """What the principal has left now (for ``GET /v1/limits``); reads, never charges."""

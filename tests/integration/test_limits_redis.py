@@ -99,9 +99,14 @@ def gateway(
 
 
 def principal_id(env: dict, key: str) -> str:
-    prefix = "_".join(key.split("_")[:2])
+    return principal_ids(env, key)[0]
+
+
+def principal_ids(env: dict, *keys: str) -> list[str]:
+    """The principal ids of API keys, from one `palisade keys list`."""
     rows = [json.loads(line) for line in cli(env, "keys", "list").stdout.splitlines() if line.startswith("{")]
-    return "key:" + next(r["id"] for r in rows if r["prefix"] == prefix)
+    by_prefix = {r["prefix"]: r["id"] for r in rows}
+    return ["key:" + by_prefix["_".join(k.split("_")[:2])] for k in keys]
 
 
 def chat(max_tokens: int = 40) -> dict:

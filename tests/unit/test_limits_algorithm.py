@@ -122,3 +122,23 @@ async def test_redis_down_fails_closed_unless_fail_open() -> None:
     res = await lim.reserve(app(), "m", 1)
     await lim.settle(res, 1)  # nothing was charged: settle is a no-op, not an error
     await dead.aclose()
+
+
+async def test_a_success_carries_ratelimit_headers_for_every_windowed_limit(make) -> None:
+    lim = make(limit_requests_per_min=10, limit_tokens_per_min=1000, limit_concurrency=5, limit_daily_tokens=5000)
+    p = app()
+    first = (await lim.reserve(p, "m", 100)).headers()
+    second = await lim.reserve(p, "m", 100)
+    headers = {k.decode(): v.decode() for k, v in second.headers()}
+    assert headers["ratelimit-policy"] == (
+        '"principal.requests_per_minute";q=10;w=60, "principal.tokens_per_minute";q=1000;w=60, '
+        '"principal.daily_tokens";q=5000;w=86400'
+    )
+    states = dict(item.split(";", 1) for item in headers["ratelimit"].split(", "))
+    # after two requests of 100 tokens: 8 requests, 800 tokens/min and 4800 tokens today are left
+    assert states['"principal.requests_per_minute"'].startswith("r=8;t=")
+    assert states['"principal.tokens_per_minute"'].startswith("r=800;t=")
+    assert states['"principal.daily_tokens"'].startswith("r=4800;t=")
+    assert 0 < int(states['"principal.daily_tokens"'].split("t=")[1]) <= 86400
+    assert "concurrency" not in headers["ratelimit-policy"]  # not a quota over a window
+    assert first  # the first reservation's headers were there too
