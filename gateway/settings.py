@@ -91,6 +91,10 @@ class Settings:
     limits_fail_open: bool = field(default=False, metadata={"help": "Redis down: allow (true) or 503 (false)."})
     shed_low_priority_at: float = field(default=0.75, metadata={"help": "Backend use at which low-priority "
                                                                 "principals are refused (503)."})
+    anomaly_window_s: float = field(default=60.0, metadata={"help": "Usage baselines compare windows of this "
+                                                            "many seconds (a request-rate 'minute')."})
+    anomaly_warmup_windows: int = field(default=5, metadata={"help": "Active windows a baseline needs before "
+                                                             "spikes are judged."})
     # audit trail (issue 5)
     audit_checkpoint_every: int = field(default=1000, metadata={"help": "Sign a checkpoint every N records."})
     audit_checkpoint_interval_s: float = field(default=60.0, metadata={"help": "... and every T s, even idle."})
@@ -100,6 +104,10 @@ class Settings:
                                                             "'stdout' or a file path."})
     audit_syslog: str | None = field(default=None, metadata={"help": "RFC 5424 syslog: udp://h:p or tcp://h:p."})
     audit_retention_days: int = field(default=0, metadata={"help": "Prune records older than this; 0 = keep."})
+    audit_prune_interval_s: float = field(default=0.0, metadata={"help": "With retention set, the gateway prunes "
+                                                                 "this often (one process at a time); 0 = CLI only."})
+    audit_keys_file: Path | None = field(default=None, metadata={"help": "Pinned audit public keys (JSONL) that "
+                                                                 "verify trusts; default <data_dir>/audit-keys.jsonl."})
     audit_write_timeout_s: float = field(default=5.0, metadata={"help": "An audit write slower than this fails "
                                                                 "(the request gets 503)."})
     # identity (issue 3): token issuer, sessions, external OIDC
@@ -168,12 +176,16 @@ class Settings:
             limit_daily_tokens=_int("LIMIT_DAILY_TOKENS", 5_000_000),
             limits_fail_open=_bool("LIMITS_FAIL_OPEN", False),
             shed_low_priority_at=_float("SHED_LOW_PRIORITY_AT", 0.75),
+            anomaly_window_s=_float("ANOMALY_WINDOW_S", 60.0),
+            anomaly_warmup_windows=_int("ANOMALY_WARMUP_WINDOWS", 5),
             audit_checkpoint_every=_int("AUDIT_CHECKPOINT_EVERY", 1000),
             audit_checkpoint_interval_s=_float("AUDIT_CHECKPOINT_INTERVAL_S", 60.0),
             audit_head_file=Path(_env("AUDIT_HEAD_FILE")) if _env("AUDIT_HEAD_FILE") else None,
             audit_ship=_env("AUDIT_SHIP"),
             audit_syslog=_env("AUDIT_SYSLOG"),
             audit_retention_days=_int("AUDIT_RETENTION_DAYS", 0),
+            audit_prune_interval_s=_float("AUDIT_PRUNE_INTERVAL_S", 0.0),
+            audit_keys_file=Path(_env("AUDIT_KEYS_FILE")) if _env("AUDIT_KEYS_FILE") else None,
             audit_write_timeout_s=_float("AUDIT_WRITE_TIMEOUT_S", 5.0),
             issuer=_env("ISSUER") or f"http://{_env('HOST', '127.0.0.1')}:{_int('PORT', 8000)}",
             token_audience=_env("TOKEN_AUDIENCE", "palisade"),
@@ -211,6 +223,8 @@ class Settings:
             raise SettingsError("PALISADE_AUDIT_SYSLOG must be udp://host:port or tcp://host:port")
         if not (30 <= self.access_token_ttl_s <= 86400):
             raise SettingsError("PALISADE_ACCESS_TOKEN_TTL_S must be within 30..86400")
+        if self.anomaly_window_s < 1 or self.anomaly_warmup_windows < 1:
+            raise SettingsError("PALISADE_ANOMALY_WINDOW_S and _WARMUP_WINDOWS must be at least 1")
         if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
             raise SettingsError("PALISADE_OIDC_ISSUER and PALISADE_OIDC_JWKS_URL go together")
 

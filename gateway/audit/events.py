@@ -20,6 +20,7 @@ class Tag:
     # audit trail and keyring (issue 5)
     AUDIT_EXPORT = "audit:log:export"
     AUDIT_PRUNE = "audit:log:prune"
+    AUDIT_KEY_ROTATE = "audit:key:rotate"
     KEYRING_ROTATE = "admin:keyring:rotate"
     # identity (issue 3)
     TOKEN_ISSUE = "authn:token:issue"  # noqa: S105 (a name, not a secret)
@@ -36,6 +37,7 @@ class Tag:
     RECOVERY_REGENERATE = "authn:mfa:recovery-regenerate"
     CLIENT_CREATE = "admin:client:create"
     CLIENT_DISABLE = "admin:client:disable"
+    CLIENT_DELETE = "admin:client:delete"
     USER_CREATE = "admin:user:create"
     USER_DISABLE = "admin:user:disable"
     USER_ENABLE = "admin:user:enable"

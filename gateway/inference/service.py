@@ -83,6 +83,8 @@ class InferenceService:
                     )
                 req.params.max_tokens = room
         reservation = await self.s.limiter.reserve(principal, alias, prompt_tokens + req.params.max_tokens)
+        if reservation.left:  # RateLimit headers on the answer too (the request-id middleware adds them)
+            connection.scope["state"]["response_headers"] = reservation.headers()
         return Prepared(principal, alias, req, prompt_tokens, reservation, time.perf_counter())
 
     async def complete(self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared) -> GenerationResult:
@@ -165,6 +167,10 @@ class InferenceService:
                 "completion_tokens": usage.completion_tokens,
                 "latency_ms": round((time.perf_counter() - p.started) * 1000, 1),
                 "stream": tag == Tag.STREAM_START or None,
+                # how this request authenticated (the audit event of a bearer success, folded into this record):
+                # the method and the credential's id (key id, token jti, session id), never the credential
+                "auth_method": p.principal.auth_method,
+                "auth_id": p.principal.key_id,
             },
         )
         try:
