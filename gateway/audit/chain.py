@@ -240,7 +240,7 @@ class AuditChain:
             await conn.execute(insert(AuditCheckpoint.__table__), [cp])
         self._last_cp_seq = max(self._last_cp_seq, seq)
         line = {**cp, "at": iso(at)}
-        append_head_line(self.head_file, line)
+        await asyncio.to_thread(append_head_line, self.head_file, line)  # fsync off the event loop
         return line
 
     async def _safe_checkpoint(self) -> None:
