@@ -67,5 +67,6 @@ class Services:
             self.router.set_route(spec["alias"], backends, max_concurrency=int(spec.get("max_concurrency", 64)))
             self.model_attributes[spec["alias"]] = {
                 "classification": spec.get("classification", "internal"), "owner": spec.get("owner"),
+                "retain_content": bool(spec.get("retain_content", False)),
             }
         _log.info("models loaded", aliases=[s["alias"] for s in specs])

@@ -257,6 +257,34 @@ def rotate_key_cmd() -> None:
     click.echo(key_id)
 
 
+@audit.command("content")
+@click.argument("seq", type=int)
+def content_cmd(seq: int) -> None:
+    """Decrypt the prompt and completion kept in record SEQ (models with `retain_content: true`); the reading is
+    itself an audit event."""
+    import json
+
+    from sqlalchemy import select
+
+    from gateway.audit.events import AuditEvent, Tag
+    from gateway.db.audit import AuditRecord
+
+    async def go(chain: Any) -> dict[str, Any]:
+        async with chain.db.session() as s:
+            row = (await s.execute(select(AuditRecord).where(AuditRecord.seq == seq))).scalar_one_or_none()
+        if row is None:
+            raise click.ClickException(f"no audit record {seq}")
+        sealed = json.loads(row.details).get("content_enc")
+        if not sealed:
+            raise click.ClickException(f"record {seq} holds no content (its model does not retain content)")
+        plain = await chain.keyring.adecrypt(bytes.fromhex(sealed), table="audit_records", row=row.request_id or "",
+                                             field="content", purpose="prompts")
+        await chain.record(AuditEvent(Tag.AUDIT_CONTENT_READ, actor="cli", target=f"seq:{seq}"))
+        return json.loads(plain)
+
+    click.echo(json.dumps(asyncio.run(_with_chain(go)), ensure_ascii=False, indent=2))
+
+
 @audit.command("checkpoint")
 def checkpoint_cmd() -> None:
     """Sign a checkpoint over the current head now (also written to the external head file)."""

@@ -21,6 +21,7 @@ class Tag:
     AUDIT_EXPORT = "audit:log:export"
     AUDIT_PRUNE = "audit:log:prune"
     AUDIT_KEY_ROTATE = "audit:key:rotate"
+    AUDIT_CONTENT_READ = "audit:content:read"
     KEYRING_ROTATE = "admin:keyring:rotate"
     # identity (issue 3)
     TOKEN_ISSUE = "authn:token:issue"  # noqa: S105 (a name, not a secret)

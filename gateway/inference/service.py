@@ -7,6 +7,7 @@ authorize the model -> check prompt vs context and max_tokens -> reserve tokens 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -37,6 +38,8 @@ class Prepared:
     prompt_tokens: int
     reservation: Reservation
     started: float
+    #: the model's audit retention: prompt and completion go into the record, encrypted
+    retain: bool = False
 
 
 class InferenceService:
@@ -85,7 +88,8 @@ class InferenceService:
         reservation = await self.s.limiter.reserve(principal, alias, prompt_tokens + req.params.max_tokens)
         if reservation.left:  # RateLimit headers on the answer too (the request-id middleware adds them)
             connection.scope["state"]["response_headers"] = reservation.headers()
-        return Prepared(principal, alias, req, prompt_tokens, reservation, time.perf_counter())
+        retain = bool(self.model_attributes(alias).get("retain_content"))
+        return Prepared(principal, alias, req, prompt_tokens, reservation, time.perf_counter(), retain)
 
     async def complete(self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared) -> GenerationResult:
         status = "error"
@@ -102,7 +106,10 @@ class InferenceService:
             # recorded before the answer leaves (an unaudited answer is never sent); returning the unused part
             # of the reservation overlaps the audit commit instead of adding a Redis round trip after it
             settled = True
-            await asyncio.gather(self._audit(connection, p, Tag.INFERENCE, status, usage), self._settle(p, usage))
+            await asyncio.gather(
+                self._audit(connection, p, Tag.INFERENCE, status, usage, completion=result.text),
+                self._settle(p, usage),
+            )
             return result
         except ApiError as exc:
             if status != "ok":
@@ -127,11 +134,14 @@ class InferenceService:
         usage = Usage(prompt_tokens=p.prompt_tokens)
         status = "cancelled"
         produced = 0
+        pieces: list[str] | None = [] if p.retain else None
         try:
             async with aclosing(self.s.router.stream(p.alias, p.request)) as deltas:
                 async for delta in deltas:
                     if delta.text:
                         produced += 1
+                        if pieces is not None:
+                            pieces.append(delta.text)
                     if delta.usage is not None:
                         usage = delta.usage
                     if delta.finish_reason is not None:
@@ -146,10 +156,17 @@ class InferenceService:
             await self._settle(p, usage)
             try:
                 await self._audit(connection, p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED,
-                                  status, usage)
+                                  status, usage, completion="".join(pieces) if pieces is not None else None)
             except Exception as exc:  # the stream already left; record the gap loudly
                 _log.error("audit of stream end failed", request_id=request_id_of(connection.scope),
                            error=type(exc).__name__)
+
+    def _seal_content(self, p: Prepared, request_id: str, completion: str | None) -> str:
+        """Prompt and completion, AES-GCM under the "prompts" data key, bound to this record's request id."""
+        body = {"prompt": p.request.prompt, "messages": p.request.messages, "completion": completion}
+        blob = self.s.keyring.encrypt(json.dumps(body).encode(), table="audit_records", row=request_id,
+                                      field="content", purpose="prompts")
+        return blob.hex()  # hex, so no credential-looking pattern can appear and get scrubbed
 
     async def _settle(self, p: Prepared, usage: Usage) -> None:
         TOKENS.labels(p.alias, "in").inc(usage.prompt_tokens)
@@ -160,10 +177,18 @@ class InferenceService:
             _log.warning("limiter settle failed", error=type(exc).__name__)
 
     async def _audit(
-        self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared, tag: str, status: str, usage: Usage
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        p: Prepared,
+        tag: str,
+        status: str,
+        usage: Usage,
+        *,
+        completion: str | None = None,
     ) -> None:
+        request_id = request_id_of(connection.scope)
         event = AuditEvent(
-            tag, actor=p.principal.id, target=p.alias, decision="allow", request_id=request_id_of(connection.scope),
+            tag, actor=p.principal.id, target=p.alias, decision="allow", request_id=request_id,
             details={
                 "status": status,
                 "prompt_tokens": usage.prompt_tokens,
@@ -176,6 +201,8 @@ class InferenceService:
                 "auth_id": p.principal.key_id,
             },
         )
+        if p.retain and tag != Tag.STREAM_START:
+            event.details["content_enc"] = self._seal_content(p, request_id or "", completion)
         try:
             await self.s.audit.record(event)
         except Exception as exc:
