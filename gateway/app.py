@@ -111,4 +111,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings}),
         debug=False,
+        logging_config=None,  # configure_logging owns logging: JSON lines for every logger
     )

@@ -62,7 +62,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     kwargs: dict[str, Any] = uvicorn_tls_options(settings.tls_cert, settings.tls_key)  # TLS 1.2+, HSTS
     uvicorn.run(
         "gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
+        workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning", log_config=None,
         timeout_graceful_shutdown=30, **kwargs,
     )
 

@@ -22,15 +22,30 @@ def _redact(_logger, _name, event_dict: dict) -> dict:
 
 
 def configure_logging(level: str = "info") -> None:
+    """JSON lines on stderr for everything: structlog's own loggers and every stdlib logger (uvicorn, casbin,
+    the inference backends), through the same redaction."""
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=lvl, force=True)
-    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+                               structlog.stdlib.add_logger_name, stamp],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact,
+                        structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(lvl)
+    logging.captureWarnings(True)
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "casbin", "casbin.policy", "casbin.role"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             _redact,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),

@@ -179,3 +179,15 @@ def test_no_secret_in_logs(gateway):
     log = proc.log()
     assert "request_id" in log
     assert key not in log and key.split("_")[2] not in log
+
+
+def test_every_log_line_is_json(gateway):
+    import json
+
+    proc, key, _ = gateway
+    httpx.get(proc.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    lines = [line for line in proc.log().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        record = json.loads(line)  # uvicorn, casbin, the backends and our own loggers alike
+        assert "level" in record and "timestamp" in record
