@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,15 +54,21 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
     from gateway.db.migrate import upgrade
+    from gateway.tls import uvicorn_tls_options
 
+    # flags win over the environment, and the app (token issuer, metadata URLs) must see the same values
+    if host:
+        os.environ["PALISADE_HOST"] = host
+    if port:
+        os.environ["PALISADE_PORT"] = str(port)
+    get_settings.cache_clear()
     settings = _settings()
     if settings.is_sqlite:
         upgrade(settings)
-    from gateway.tls import uvicorn_tls_options
 
     kwargs: dict[str, Any] = uvicorn_tls_options(settings.tls_cert, settings.tls_key)  # TLS 1.2+, HSTS
     uvicorn.run(
-        "gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+        "gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
         workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning", log_config=None,
         timeout_graceful_shutdown=30, **kwargs,
     )

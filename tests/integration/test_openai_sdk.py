@@ -191,3 +191,10 @@ def test_every_log_line_is_json(gateway):
     for line in lines:
         record = json.loads(line)  # uvicorn, casbin, the backends and our own loggers alike
         assert "level" in record and "timestamp" in record
+
+
+def test_issuer_metadata_names_the_served_port(gateway):
+    proc, _, _ = gateway
+    meta = httpx.get(proc.url + "/.well-known/openid-configuration").json()
+    assert meta["issuer"] == proc.url
+    assert meta["token_endpoint"] == proc.url + "/oauth/token"
