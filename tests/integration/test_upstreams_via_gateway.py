@@ -21,8 +21,9 @@ def upstreams():
         serve_fake("ok", "tgi", token_delay=0.0) as tgi,
         serve_fake("die_mid_stream", "openai") as dying,
         serve_fake("hang", "openai") as hanging,
+        serve_fake("slow", "openai", token_delay=0.05) as trickle,
     ):
-        yield {"oa": oa1, "down": oa_down, "tgi": tgi, "dying": dying, "hanging": hanging}
+        yield {"oa": oa1, "down": oa_down, "tgi": tgi, "dying": dying, "hanging": hanging, "trickle": trickle}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,10 @@ models:
   - alias: slow
     backend: openai
     url: {upstreams["hanging"].url}
+    upstream_model: gpt-x
+  - alias: trickle
+    backend: openai
+    url: {upstreams["trickle"].url}
     upstream_model: gpt-x
 """)
     env = base_env(
@@ -133,3 +138,20 @@ def test_hanging_upstream_times_out_without_stuck_connection(gw):
     assert r.status_code in (503, 504), r.text
     assert r.json()["error"]["type"] in ("timeout_error", "service_unavailable")
     assert proc.alive()
+
+
+def test_client_disconnect_cancels_the_upstream_generation(gw, upstreams):
+    proc, key = gw
+    trickle = upstreams["trickle"]
+    before = trickle.stats.disconnects
+    body = {"model": "trickle", "messages": [{"role": "user", "content": "word " * 100}], "max_tokens": 100,
+            "stream": True}
+    with httpx.Client(timeout=30) as c, c.stream("POST", proc.url + "/v1/chat/completions", json=body,
+                                                 headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200
+        assert next(r.iter_lines()).startswith("data: ")
+    # the gateway noticed the client leave and closed its upstream stream long before 100 tokens (5 s) were sent
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and trickle.stats.disconnects == before:
+        time.sleep(0.05)
+    assert trickle.stats.disconnects == before + 1
