@@ -71,3 +71,9 @@ class UsageBaseline(Base):
     suspended_at: Mapped[datetime | None] = mapped_column(default=None)
     suspended_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def fresh(cls, principal_id: str) -> UsageBaseline:
+        """A new baseline with its counters set now (column defaults only apply at flush)."""
+        return cls(principal_id=principal_id, requests_per_min=0.0, tokens_per_min=0.0, denials_per_min=0.0,
+                   offhours_share=0.0, minutes=0)

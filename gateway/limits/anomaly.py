@@ -95,14 +95,7 @@ class UsageWatch:
             async with self.s.db.session() as s:
                 row = await s.get(UsageBaseline, principal_id)
                 if row is None:
-                    row = UsageBaseline(
-                        principal_id=principal_id,
-                        requests_per_min=0.0,
-                        tokens_per_min=0.0,
-                        denials_per_min=0.0,
-                        offhours_share=0.0,
-                        minutes=0,
-                    )
+                    row = UsageBaseline.fresh(principal_id)
                     s.add(row)
                 spikes = []
                 if row.minutes >= self.warmup:

@@ -173,14 +173,7 @@ class LimitsAdmin:
             if row is None:
                 if reason is None:
                     return False
-                row = UsageBaseline(
-                    principal_id=principal_id,
-                    requests_per_min=0.0,
-                    tokens_per_min=0.0,
-                    denials_per_min=0.0,
-                    offhours_share=0.0,
-                    minutes=0,
-                )
+                row = UsageBaseline.fresh(principal_id)
                 s.add(row)
             if (row.suspended_at is not None) == (reason is not None):
                 return False
