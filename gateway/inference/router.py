@@ -333,19 +333,23 @@ class Router:
         return UpstreamError(f"the inference server for model '{alias}' failed")
 
     # ------------------------------------------------------------------ requests
+    async def _next_endpoint(self, alias: str, tried: set[int], last: ApiError | None) -> tuple[_Endpoint, bool]:
+        """An endpoint not tried yet; on a retry with nothing left, the first attempt's error is the answer."""
+        try:
+            ep, trial = await self._acquire(alias, tried)
+        except ServiceUnavailable:
+            if last is None:
+                raise
+            raise last from None
+        tried.add(id(ep))
+        return ep, trial
+
     async def generate(self, alias: str, req: GenerationRequest) -> GenerationResult:
         self._pool(alias)
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
-            if tried and last is not None:
-                try:
-                    ep, trial = await self._acquire(alias, tried)
-                except ServiceUnavailable:
-                    raise last from None
-            else:
-                ep, trial = await self._acquire(alias, tried)
-            tried.add(id(ep))
+            ep, trial = await self._next_endpoint(alias, tried, last)
             verdict = False
             try:
                 result = await ep.backend.generate(req)
@@ -361,9 +365,7 @@ class Router:
                 ep.breaker.success()
                 return result
             finally:
-                self._release(
-                    ep, trial=trial, verdict=verdict
-                )  # not verdict: cancelled, no verdict on the endpoint
+                self._release(ep, trial=trial, verdict=verdict)  # no verdict: cancelled, nothing learnt
         assert last is not None
         raise last
 
@@ -372,14 +374,7 @@ class Router:
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
-            if tried and last is not None:
-                try:
-                    ep, trial = await self._acquire(alias, tried)
-                except ServiceUnavailable:
-                    raise last from None
-            else:
-                ep, trial = await self._acquire(alias, tried)
-            tried.add(id(ep))
+            ep, trial = await self._next_endpoint(alias, tried, last)
             it = ep.backend.stream(req)
             yielded = False
             verdict = False
