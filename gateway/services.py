@@ -1,72 +1,174 @@
-"""Every long-lived component of one gateway process, built once from settings (the composition root's data)."""
+"""The composition root: every long-lived component of a Palisade process, built once, in dependency order, each
+complete when built.
+
+    settings -> db -> keyring -> redis -> audit -> credentials cache -> API keys -> identity -> authenticator
+             -> policy store + decider + limits config + change feed -> usage watch -> router -> limiter
+             -> authorization -> model catalog -> inference -> jobs
+
+The gateway (``gateway.app``), a Celery worker (``gateway.runtime``) and the CLI open the same ``Services``; the
+worker and the CLI skip what only a server needs (model loading, the health loop) by passing ``serve=False``
+and loading only the aliases they call.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
 
-from gateway.audit.events import AuditTrail
+from gateway.audit.chain import AuditChain
 from gateway.authn.apikeys import ApiKeyService
 from gateway.authn.authenticator import Authenticator
-from gateway.authz.decision import Authorizer
-from gateway.db.registry import ModelAlias
+from gateway.authn.identity import Identity
+from gateway.authn.revocation import CredentialCache
+from gateway.authz.attributes import Networks
+from gateway.authz.enforcer import CasbinAuthorizer
+from gateway.authz.service import Authorization
+from gateway.authz.store import PolicyStore
+from gateway.authz.sync import ChangeFeed
+from gateway.crypto import open_keyring
+from gateway.crypto.keyring import Keyring
 from gateway.db.session import Database
+from gateway.inference.factory import default_models, load_models_file
 from gateway.inference.router import Router
-from gateway.limits import Limiter
+from gateway.inference.service import InferenceService
+from gateway.jobs import JobQueue
+from gateway.limits.anomaly import UsageWatch
+from gateway.limits.config import LimitsConfig
+from gateway.limits.limiter import RateLimiter
+from gateway.limits.shedding import LoadShedder
+from gateway.models.catalog import ModelCatalog
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 _log = structlog.get_logger("palisade.services")
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
     db: Database
-    audit: AuditTrail
+    keyring: Keyring
+    redis: Redis | None
+    #: the hash-chained, durable trail: ``await services.audit.record(AuditEvent.of(ctx, Tag.X, ...))``
+    audit: AuditChain
     keys: ApiKeyService
+    identity: Identity
     authenticator: Authenticator
-    authorizer: Authorizer
+    policy_store: PolicyStore
+    limits_config: LimitsConfig
+    change_feed: ChangeFeed
+    usage_watch: UsageWatch
+    limiter: RateLimiter
+    #: ``await services.authz.require(ctx, Action.X, {...})``
+    authz: Authorization
     router: Router
-    #: set by gateway.authz.wiring.start_authorization_and_limits (needs the router for load shedding)
-    limiter: Limiter = None  # type: ignore[assignment]
-    inference: Any = None
-    redis: Any = None
-    #: gateway.crypto.Keyring: envelope encryption (AES-256-GCM) and HMACs; data keys loaded at start
-    keyring: Any = None
-    #: gateway.authn.identity.Identity: clients, tokens, people, sessions
-    identity: Any = None
-    #: authorization and limits: versioned policy store, limits config, change events, usage baselines
-    policy_store: Any = None
-    limits_config: Any = None
-    change_feed: Any = None
-    usage_watch: Any = None
-    #: alias -> attributes (classification, owner) for ABAC and /v1/models
-    model_attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: ModelCatalog
+    #: ``await services.inference.generate(ctx, alias, GenerationRequest(...))``: the one inference entry point
+    inference: InferenceService
+    #: ``services.jobs.enqueue("palisade.<domain>.<task>", id)``: Celery by task name (gateway never imports trainer)
+    jobs: JobQueue
 
-    async def load_models(self, specs: list[dict[str, Any]]) -> None:
-        """Seed aliases from the models file into the registry table, then build their backends."""
-        from gateway.inference.factory import build_backends
+    async def close(self) -> None:
+        await self.usage_watch.close()
+        await self.change_feed.close()
+        await self.models.close()
+        await self.router.close()
+        await self.audit.close()  # flush queued records, sign a final checkpoint
+        await self.identity.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
 
-        async with self.db.session() as s:
-            existing = {m.alias: m for m in (await s.execute(select(ModelAlias))).scalars()}
-            for spec in specs:
-                row = existing.get(spec["alias"])
-                clean = {k: v for k, v in spec.items() if k != "alias"}
-                if row is None:
-                    s.add(ModelAlias(alias=spec["alias"], backend=spec["backend"], spec=clean,
-                                     classification=spec.get("classification", "internal"),
-                                     owner=spec.get("owner")))
-                else:
-                    row.backend, row.spec = spec["backend"], clean
-                    row.classification = spec.get("classification", row.classification)
-        for spec in specs:
-            backends = build_backends(spec, self.settings)
-            self.router.set_route(spec["alias"], backends, max_concurrency=int(spec.get("max_concurrency", 64)))
-            self.model_attributes[spec["alias"]] = {
-                "classification": spec.get("classification", "internal"), "owner": spec.get("owner"),
-                "retain_content": bool(spec.get("retain_content", False)),
-            }
-        _log.info("models loaded", aliases=[s["alias"] for s in specs])
+
+async def build_services(settings: Settings, *, serve: bool = True) -> Services:
+    """Build and start everything. ``serve=False`` (workers, CLI): no health loop, no background model loading
+    (``services.models.start_loading()`` or ``load_alias`` when a job needs a model)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings)
+    keyring = await open_keyring(settings, db)
+    redis: Redis | None = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
+
+    key_cache = CredentialCache(settings, settings.redis_url)
+    keys = ApiKeyService(db, cache=key_cache)
+    identity = Identity(settings, db, keyring=keyring, audit=audit, key_cache=key_cache, redis=redis)
+    await identity.start()
+    authenticator = Authenticator(
+        keys, audit, token_verifiers=identity.token_verifiers(), session_resolvers=identity.session_resolvers()
+    )
+
+    # authorization and limits: the versioned policy store feeds the decider; admin rules over the settings'
+    # defaults feed the limiter; both refresh from the change feed (Redis pub/sub + a periodic version check)
+    policy_store = PolicyStore(db)
+    # stale after many missed checks: a replica that cannot see policy changes must stop deciding
+    decider = CasbinAuthorizer(
+        networks=Networks(settings.trusted_networks), stale_after_s=max(10.0, settings.policy_check_interval_s * 15)
+    )
+    limits_config = LimitsConfig(settings, db)
+    change_feed = ChangeFeed(redis, interval_s=settings.policy_check_interval_s)
+
+    async def refresh_policy() -> None:
+        started = time.monotonic()
+        latest = await policy_store.latest_version()
+        if latest == 0:
+            await policy_store.seed_default()
+            latest = await policy_store.latest_version()
+        if latest != decider.version:
+            row = await policy_store.current()
+            if row is not None:
+                decider.load(row.text, row.version)
+        decider.checked_at = started
+
+    change_feed.watch("policy", refresh_policy)
+    change_feed.watch("limits", limits_config.refresh)
+    usage_watch = UsageWatch(settings, db, audit, limits_config, change_feed)
+    router = Router(settings)
+    limiter = RateLimiter(
+        limits_config,
+        redis=redis,
+        shedder=LoadShedder(router, settings.shed_low_priority_at),
+        lease_s=max(60.0, settings.request_timeout_s + 60),
+        watch=usage_watch,
+    )
+    authz = Authorization(decider, audit, usage_watch)
+
+    models = ModelCatalog(settings, db, router)
+    specs = load_models_file(settings.models_file) if settings.models_file else default_models(settings)
+    await models.seed(specs)
+    inference = InferenceService(settings, router, models, authz, limiter, audit, keyring)
+    jobs = JobQueue(settings)
+
+    await change_feed.start()  # the first refresh loads the policy and the limits before anything is decided
+    await usage_watch.start()
+    if serve:
+        await router.start()
+        models.start_loading()
+    return Services(
+        settings=settings,
+        db=db,
+        keyring=keyring,
+        redis=redis,
+        audit=audit,
+        keys=keys,
+        identity=identity,
+        authenticator=authenticator,
+        policy_store=policy_store,
+        limits_config=limits_config,
+        change_feed=change_feed,
+        usage_watch=usage_watch,
+        limiter=limiter,
+        authz=authz,
+        router=router,
+        models=models,
+        inference=inference,
+        jobs=jobs,
+    )

@@ -1,128 +1,115 @@
-"""Typed settings read once from the environment (``PALISADE_*``) and validated at start.
+"""Typed settings, declared once: each field names its default, its help and its group; the environment
+(``PALISADE_<FIELD>``) is read from the declaration, and the CLI's help text comes from the same place.
 
 Embedded default: no PALISADE_REDIS_URL and no PALISADE_DATABASE_URL gives a single-process gateway with a
 SQLite file in the data dir, an in-process limiter and Celery over SQLite. Production sets both URLs.
+Values derived from others (the SQLite URLs in the data dir, the token issuer) are resolved in ``from_env``.
 """
 
 from __future__ import annotations
 
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+PREFIX = "PALISADE_"
+GROUPS = ("server", "database", "identity", "limits", "audit", "inference", "training", "batches", "operations")
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; raised at start, never at request time."""
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(f"PALISADE_{name}")
-    return default if value is None or value == "" else value
-
-
-def _int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"PALISADE_{name} must be an integer, got {raw!r}") from exc
-
-
-def _float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"PALISADE_{name} must be a number, got {raw!r}") from exc
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = _env(name)
-    if raw is None:
-        return default
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"PALISADE_{name} must be true or false, got {raw!r}")
+def setting(default: Any, help: str, group: str, *, secret: bool = False) -> Any:  # noqa: A002 (help is the word)
+    """One declared setting: its default, its help (also the CLI's), its group, and whether logs mask it."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"help": help, "group": group, "secret": secret})
 
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = field(metadata={"help": "Embedded SQLite file, keys, artifacts, external audit head."})
-    database_url: str = field(metadata={"help": "SQLAlchemy URL; default SQLite in the data dir."})
-    redis_url: str | None = field(default=None, metadata={"help": "Unset = embedded single-process mode."})
-    celery_broker_url: str = field(default="", metadata={"help": "Default: kombu sqla+sqlite in the data dir."})
-    celery_result_backend: str = field(default="", metadata={"help": "Default: db+sqlite in the data dir."})
-    models_file: Path | None = field(default=None, metadata={"help": "YAML seeding model aliases."})
-    embedded_model: str = field(default="builtin:smollm2", metadata={"help": "Model dir or builtin:smollm2."})
-    embedded_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside the model dir."})
-    embedded_max_batch: int = field(default=16, metadata={"help": "Sequences sharing one forward pass."})
-    embedded_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:n]."})
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "info"
-    max_body_bytes: int = field(default=1_048_576, metadata={"help": "Request bodies above this get 413."})
-    max_tokens_cap: int = field(default=4096, metadata={"help": "Upper bound for max_tokens per request."})
-    default_max_tokens: int = field(default=256, metadata={"help": "max_tokens when the request names none."})
-    request_timeout_s: float = field(default=300.0, metadata={"help": "Whole-request deadline."})
-    connect_timeout_s: float = field(default=3.0, metadata={"help": "Connect timeout to upstreams."})
-    read_timeout_s: float = field(default=60.0, metadata={"help": "Time to first byte from an upstream."})
-    stream_idle_timeout_s: float = field(default=30.0, metadata={"help": "Max gap between streamed tokens."})
-    health_interval_s: float = field(default=5.0, metadata={"help": "Active health-check period."})
-    breaker_failures: int = field(default=3, metadata={"help": "Consecutive failures that open a breaker."})
-    breaker_reset_s: float = field(default=10.0, metadata={"help": "Open breaker waits this long."})
-    secret_key: str | None = field(default=None, metadata={"help": "HMAC key for key hashes; file if unset."})
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    # authorization and limits (issue 4)
-    trusted_networks: str = field(default="127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
-                                  metadata={"help": "CIDRs that ABAC sees as r.env.network == 'internal'."})
-    policy_check_interval_s: float = field(default=1.0, metadata={"help": "Policy/limits version check period."})
-    limit_requests_per_min: int = field(default=600, metadata={"help": "Default requests/min per principal."})
-    limit_tokens_per_min: int = field(default=200_000, metadata={"help": "Default tokens/min per principal."})
-    limit_concurrency: int = field(default=32, metadata={"help": "Default concurrent requests per principal."})
-    limit_daily_tokens: int = field(default=5_000_000, metadata={"help": "Default daily tokens per principal."})
-    limits_fail_open: bool = field(default=False, metadata={"help": "Redis down: allow (true) or 503 (false)."})
-    shed_low_priority_at: float = field(default=0.75, metadata={"help": "Backend use at which low-priority "
-                                                                "principals are refused (503)."})
-    anomaly_window_s: float = field(default=60.0, metadata={"help": "Usage baselines compare windows of this "
-                                                            "many seconds (a request-rate 'minute')."})
-    anomaly_warmup_windows: int = field(default=5, metadata={"help": "Active windows a baseline needs before "
-                                                             "spikes are judged."})
-    # audit trail (issue 5)
-    audit_checkpoint_every: int = field(default=1000, metadata={"help": "Sign a checkpoint every N records."})
-    audit_checkpoint_interval_s: float = field(default=60.0, metadata={"help": "... and every T s, even idle."})
-    audit_head_file: Path | None = field(default=None, metadata={"help": "External signed head (JSONL); "
-                                                                 "default <data_dir>/audit-head.jsonl."})
-    audit_ship: str | None = field(default=None, metadata={"help": "Also write events as JSON lines: "
-                                                            "'stdout' or a file path."})
-    audit_syslog: str | None = field(default=None, metadata={"help": "RFC 5424 syslog: udp://h:p or tcp://h:p."})
-    audit_retention_days: int = field(default=0, metadata={"help": "Prune records older than this; 0 = keep."})
-    audit_prune_interval_s: float = field(default=0.0, metadata={"help": "With retention set, the gateway prunes "
-                                                                 "this often (one process at a time); 0 = CLI only."})
-    audit_keys_file: Path | None = field(default=None, metadata={"help": "Pinned audit public keys (JSONL) that "
-                                                                 "verify trusts; default <data_dir>/audit-keys.jsonl."})
-    audit_write_timeout_s: float = field(default=5.0, metadata={"help": "An audit write slower than this fails "
-                                                                "(the request gets 503)."})
-    # identity (issue 3): token issuer, sessions, external OIDC
-    issuer: str = field(default="", metadata={"help": "JWT iss and OIDC issuer URL; default http://host:port."})
-    token_audience: str = field(default="palisade", metadata={"help": "aud of the access tokens we issue."})
-    access_token_ttl_s: int = field(default=600, metadata={"help": "Lifetime of issued access tokens."})
-    session_idle_s: int = field(default=1800, metadata={"help": "Console session idle timeout."})
-    session_absolute_s: int = field(default=43200, metadata={"help": "Console session absolute timeout."})
-    login_slowdown_after: int = field(default=5, metadata={"help": "Failed logins per IP before slowing down."})
-    oidc_issuer: str | None = field(default=None, metadata={"help": "External IdP issuer (exact)."})
-    oidc_jwks_url: str | None = field(default=None, metadata={"help": "External IdP JWKS URL."})
-    oidc_audience: str | None = field(default=None, metadata={"help": "aud expected in IdP tokens."})
-    oidc_claim_map: str | None = field(default=None, metadata={"help": "JSON: attribute -> IdP claim."})
-    webauthn_rp_id: str | None = field(default=None, metadata={"help": "WebAuthn RP id; default issuer host."})
+    # --- server ------------------------------------------------------------------------------------------
+    data_dir: Path = field(metadata={"help": "Embedded SQLite file, keys, artifacts, external audit head "
+                                             "(default ./.palisade).", "group": "server", "secret": False})
+    database_url: str = field(metadata={"help": "SQLAlchemy URL; default SQLite in the data dir.",
+                                        "group": "database", "secret": False})
+    host: str = setting("127.0.0.1", "Bind address.", "server")
+    port: int = setting(8000, "Port.", "server")
+    log_level: str = setting("info", "debug, info, warning or error.", "server")
+    max_body_bytes: int = setting(1_048_576, "Request bodies above this get 413.", "server")
+    tls_cert: Path | None = setting(None, "TLS certificate (PEM); with tls_key, serve HTTPS only.", "server")
+    tls_key: Path | None = setting(None, "TLS private key (PEM).", "server")
+    shutdown_grace_s: float = setting(20.0, "On SIGTERM, in-flight requests and streams get this long.", "server")
+    serve_worker: bool = setting(True, "Embedded mode: `palisade serve` also starts one Celery worker process "
+                                       "(the flag --no-worker says no for one run).", "server")
+    # --- database and services ---------------------------------------------------------------------------
+    redis_url: str | None = setting(None, "Unset = embedded single-process mode.", "database")
+    celery_broker_url: str = setting("", "Default: kombu sqla+sqlite in the data dir.", "database")
+    celery_result_backend: str = setting("", "Default: db+sqlite in the data dir.", "database")
+    secret_key: str | None = setting(None, "HMAC key for key hashes; a file in the data dir if unset.", "database",
+                                     secret=True)
+    # --- identity ----------------------------------------------------------------------------------------
+    issuer: str = setting("", "JWT iss and OIDC issuer URL; default http://host:port.", "identity")
+    token_audience: str = setting("palisade", "aud of the access tokens we issue.", "identity")
+    access_token_ttl_s: int = setting(600, "Lifetime of issued access tokens.", "identity")
+    session_idle_s: int = setting(1800, "Console session idle timeout.", "identity")
+    session_absolute_s: int = setting(43200, "Console session absolute timeout.", "identity")
+    login_slowdown_after: int = setting(5, "Failed logins per IP before slowing down.", "identity")
+    oidc_issuer: str | None = setting(None, "External IdP issuer (exact).", "identity")
+    oidc_jwks_url: str | None = setting(None, "External IdP JWKS URL.", "identity")
+    oidc_audience: str | None = setting(None, "aud expected in IdP tokens.", "identity")
+    oidc_claim_map: str | None = setting(None, "JSON: attribute -> IdP claim.", "identity")
+    webauthn_rp_id: str | None = setting(None, "WebAuthn RP id; default issuer host.", "identity")
+    # --- authorization and limits ------------------------------------------------------------------------
+    trusted_networks: str = setting("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+                                    "CIDRs that ABAC sees as r.env.network == 'internal'.", "limits")
+    policy_check_interval_s: float = setting(1.0, "Policy/limits/registry version check period.", "limits")
+    limit_requests_per_min: int = setting(600, "Default requests/min per principal.", "limits")
+    limit_tokens_per_min: int = setting(200_000, "Default tokens/min per principal.", "limits")
+    limit_concurrency: int = setting(32, "Default concurrent requests per principal.", "limits")
+    limit_daily_tokens: int = setting(5_000_000, "Default daily tokens per principal.", "limits")
+    limits_fail_open: bool = setting(False, "Redis down: allow (true) or 503 (false).", "limits")
+    shed_low_priority_at: float = setting(0.75, "Backend use at which low-priority principals are refused (503).",
+                                          "limits")
+    anomaly_window_s: float = setting(60.0, "Usage baselines compare windows of this many seconds.", "limits")
+    anomaly_warmup_windows: int = setting(5, "Active windows a baseline needs before spikes are judged.", "limits")
+    # --- audit -------------------------------------------------------------------------------------------
+    audit_checkpoint_every: int = setting(1000, "Sign a checkpoint every N records.", "audit")
+    audit_checkpoint_interval_s: float = setting(60.0, "... and every T seconds, even when idle.", "audit")
+    audit_head_file: Path | None = setting(None, "External signed head (JSONL); default "
+                                                 "<data_dir>/audit-head.jsonl.", "audit")
+    audit_ship: str | None = setting(None, "Also write events as JSON lines: 'stdout' or a file path.", "audit")
+    audit_syslog: str | None = setting(None, "RFC 5424 syslog: udp://h:p or tcp://h:p.", "audit")
+    audit_retention_days: int = setting(0, "Prune records older than this; 0 = keep.", "audit")
+    audit_prune_interval_s: float = setting(0.0, "With retention set, the gateway prunes this often (one process "
+                                                 "at a time); 0 = CLI only.", "audit")
+    audit_keys_file: Path | None = setting(None, "Pinned audit public keys (JSONL) that verify trusts; default "
+                                                 "<data_dir>/audit-keys.jsonl.", "audit")
+    audit_write_timeout_s: float = setting(5.0, "An audit write slower than this fails (the request gets 503).",
+                                           "audit")
+    # --- inference ---------------------------------------------------------------------------------------
+    models_file: Path | None = setting(None, "YAML seeding model aliases and their endpoints.", "inference")
+    embedded_model: str = setting("builtin:smollm2", "Model dir or builtin:smollm2 for the default alias.",
+                                  "inference")
+    embedded_gguf_file: str | None = setting(None, "GGUF file inside the model dir.", "inference")
+    embedded_max_batch: int = setting(16, "Sequences sharing one forward pass.", "inference")
+    embedded_device: str = setting("auto", "auto, cpu or cuda[:n].", "inference")
+    max_tokens_cap: int = setting(4096, "Upper bound for max_tokens per request.", "inference")
+    default_max_tokens: int = setting(256, "max_tokens when neither the request nor the model's defaults name "
+                                           "one.", "inference")
+    request_timeout_s: float = setting(300.0, "Whole-request deadline.", "inference")
+    connect_timeout_s: float = setting(3.0, "Connect timeout to upstreams.", "inference")
+    read_timeout_s: float = setting(60.0, "Time to first byte from an upstream.", "inference")
+    stream_idle_timeout_s: float = setting(30.0, "Max gap between streamed tokens.", "inference")
+    health_interval_s: float = setting(5.0, "Active health-check period.", "inference")
+    breaker_failures: int = setting(3, "Consecutive failures that open a breaker.", "inference")
+    breaker_reset_s: float = setting(10.0, "Open breaker waits this long.", "inference")
 
+    # ------------------------------------------------------------------------------------------------------
     @property
     def embedded_mode(self) -> bool:
         return self.redis_url is None
@@ -136,69 +123,24 @@ class Settings:
         return to_async_url(self.database_url)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        data_dir = Path(_env("DATA_DIR", "./.palisade")).expanduser().resolve()
-        database_url = normalise_db_url(_env("DATABASE_URL") or f"sqlite:///{data_dir / 'palisade.db'}")
-        models_file = _env("MODELS_FILE")
-        tls_cert, tls_key = _env("TLS_CERT"), _env("TLS_KEY")
-        settings = cls(
-            data_dir=data_dir,
-            database_url=database_url,
-            redis_url=_env("REDIS_URL"),
-            celery_broker_url=_env("CELERY_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'celery-broker.db'}",
-            celery_result_backend=_env("CELERY_RESULT_BACKEND") or f"db+sqlite:///{data_dir / 'celery-results.db'}",
-            models_file=Path(models_file) if models_file else None,
-            embedded_model=_env("EMBEDDED_MODEL", "builtin:smollm2"),
-            embedded_gguf_file=_env("EMBEDDED_GGUF_FILE"),
-            embedded_max_batch=_int("EMBEDDED_MAX_BATCH", 16),
-            embedded_device=_env("EMBEDDED_DEVICE", "auto"),
-            host=_env("HOST", "127.0.0.1"),
-            port=_int("PORT", 8000),
-            log_level=_env("LOG_LEVEL", "info").lower(),
-            max_body_bytes=_int("MAX_BODY_BYTES", 1_048_576),
-            max_tokens_cap=_int("MAX_TOKENS_CAP", 4096),
-            default_max_tokens=_int("DEFAULT_MAX_TOKENS", 256),
-            request_timeout_s=_float("REQUEST_TIMEOUT_S", 300.0),
-            connect_timeout_s=_float("CONNECT_TIMEOUT_S", 3.0),
-            read_timeout_s=_float("READ_TIMEOUT_S", 60.0),
-            stream_idle_timeout_s=_float("STREAM_IDLE_TIMEOUT_S", 30.0),
-            health_interval_s=_float("HEALTH_INTERVAL_S", 5.0),
-            breaker_failures=_int("BREAKER_FAILURES", 3),
-            breaker_reset_s=_float("BREAKER_RESET_S", 10.0),
-            secret_key=_env("SECRET_KEY"),
-            tls_cert=Path(tls_cert) if tls_cert else None,
-            tls_key=Path(tls_key) if tls_key else None,
-            trusted_networks=_env("TRUSTED_NETWORKS", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"),
-            policy_check_interval_s=_float("POLICY_CHECK_INTERVAL_S", 1.0),
-            limit_requests_per_min=_int("LIMIT_REQUESTS_PER_MIN", 600),
-            limit_tokens_per_min=_int("LIMIT_TOKENS_PER_MIN", 200_000),
-            limit_concurrency=_int("LIMIT_CONCURRENCY", 32),
-            limit_daily_tokens=_int("LIMIT_DAILY_TOKENS", 5_000_000),
-            limits_fail_open=_bool("LIMITS_FAIL_OPEN", False),
-            shed_low_priority_at=_float("SHED_LOW_PRIORITY_AT", 0.75),
-            anomaly_window_s=_float("ANOMALY_WINDOW_S", 60.0),
-            anomaly_warmup_windows=_int("ANOMALY_WARMUP_WINDOWS", 5),
-            audit_checkpoint_every=_int("AUDIT_CHECKPOINT_EVERY", 1000),
-            audit_checkpoint_interval_s=_float("AUDIT_CHECKPOINT_INTERVAL_S", 60.0),
-            audit_head_file=Path(_env("AUDIT_HEAD_FILE")) if _env("AUDIT_HEAD_FILE") else None,
-            audit_ship=_env("AUDIT_SHIP"),
-            audit_syslog=_env("AUDIT_SYSLOG"),
-            audit_retention_days=_int("AUDIT_RETENTION_DAYS", 0),
-            audit_prune_interval_s=_float("AUDIT_PRUNE_INTERVAL_S", 0.0),
-            audit_keys_file=Path(_env("AUDIT_KEYS_FILE")) if _env("AUDIT_KEYS_FILE") else None,
-            audit_write_timeout_s=_float("AUDIT_WRITE_TIMEOUT_S", 5.0),
-            issuer=_env("ISSUER") or f"http://{_env('HOST', '127.0.0.1')}:{_int('PORT', 8000)}",
-            token_audience=_env("TOKEN_AUDIENCE", "palisade"),
-            access_token_ttl_s=_int("ACCESS_TOKEN_TTL_S", 600),
-            session_idle_s=_int("SESSION_IDLE_S", 1800),
-            session_absolute_s=_int("SESSION_ABSOLUTE_S", 43200),
-            login_slowdown_after=_int("LOGIN_SLOWDOWN_AFTER", 5),
-            oidc_issuer=_env("OIDC_ISSUER"),
-            oidc_jwks_url=_env("OIDC_JWKS_URL"),
-            oidc_audience=_env("OIDC_AUDIENCE"),
-            oidc_claim_map=_env("OIDC_CLAIM_MAP"),
-            webauthn_rp_id=_env("WEBAUTHN_RP_ID"),
-        )
+    def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> Settings:
+        """Every declared field from ``PALISADE_<NAME>``; empty values count as unset."""
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, hints[f.name], raw)
+        data_dir = Path(values.pop("data_dir", "./.palisade")).expanduser().resolve()
+        database_url = normalise_db_url(values.pop("database_url", None) or f"sqlite:///{data_dir / 'palisade.db'}")
+        values.setdefault("celery_broker_url", f"sqla+sqlite:///{data_dir / 'celery-broker.db'}")
+        values.setdefault("celery_result_backend", f"db+sqlite:///{data_dir / 'celery-results.db'}")
+        if "log_level" in values:
+            values["log_level"] = values["log_level"].lower()
+        settings = cls(data_dir=data_dir, database_url=database_url, **values)
+        if not settings.issuer:
+            settings = _replace(settings, issuer=f"http://{settings.host}:{settings.port}")
         settings.validate()
         return settings
 
@@ -227,19 +169,70 @@ class Settings:
             raise SettingsError("PALISADE_ANOMALY_WINDOW_S and _WARMUP_WINDOWS must be at least 1")
         if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
             raise SettingsError("PALISADE_OIDC_ISSUER and PALISADE_OIDC_JWKS_URL go together")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError("PALISADE_SHUTDOWN_GRACE_S must not be negative")
 
     def describe(self) -> dict[str, str]:
         """Settings for logs, with secrets and credentials masked."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "secret_key":
+            if f.metadata.get("secret"):
                 value = "***" if value else None
             elif isinstance(value, str) and "@" in value and "://" in value:
                 scheme, rest = value.split("://", 1)
                 value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
             out[f.name] = str(value)
         return out
+
+
+def help_for(name: str) -> str:
+    """The declared help of a setting, with its environment variable (for CLI option help)."""
+    for f in fields(Settings):
+        if f.name == name:
+            return f"{f.metadata['help']} (env {PREFIX}{name.upper()})"
+    raise KeyError(name)
+
+
+def declared() -> list[tuple[str, str, Any, str]]:
+    """(group, env name, default, help) of every setting, in declaration order (docs and `palisade settings`)."""
+    out = []
+    for f in fields(Settings):
+        default = None if f.default is f.default_factory else f.default  # type: ignore[comparison-overlap]
+        out.append((f.metadata["group"], PREFIX + f.name.upper(), default, f.metadata["help"]))
+    return out
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    env_name = PREFIX + name.upper()
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{env_name} must be true or false, got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{env_name} must be an integer, got {raw!r}") from exc
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{env_name} must be a number, got {raw!r}") from exc
+    if hint is Path:
+        return Path(raw)
+    return raw
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
 
 
 def normalise_db_url(url: str) -> str:

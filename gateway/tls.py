@@ -17,8 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import click
-
 #: TLS 1.2 suites: forward secret (ECDHE) and AEAD only
 MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!RSA:!SHA1:!CBC"
 HSTS = ("strict-transport-security", "max-age=63072000; includeSubDomains")
@@ -38,7 +36,7 @@ def uvicorn_tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:
         return {}
     for path in (cert, key):
         if not path.is_file():
-            raise click.ClickException(f"TLS file {path} does not exist (try `palisade dev-cert`)")
+            raise FileNotFoundError(f"TLS file {path} does not exist (try `palisade dev-cert`)")
     return {
         "ssl_certfile": str(cert),
         "ssl_keyfile": str(key),
@@ -125,27 +123,3 @@ def make_dev_cert(
     paths["ca"].write_bytes(ca.public_bytes(pem))
     paths["cert"].write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))  # chain: leaf then CA
     return paths
-
-
-@click.command("dev-cert")
-@click.option(
-    "--host",
-    "hosts",
-    multiple=True,
-    help="Name or IP on the certificate (repeat; default localhost, 127.0.0.1, ::1).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Directory (default <data_dir>/tls).",
-)
-def dev_cert(hosts: tuple[str, ...], out_dir: Path | None) -> None:
-    """Make a local CA and a server certificate to try TLS; prints the settings to use."""
-    from gateway.cli import _settings
-
-    paths = make_dev_cert(out_dir or _settings().data_dir / "tls", hosts or ("localhost", "127.0.0.1", "::1"))
-    click.echo(f"CA certificate (trust it in clients): {paths['ca']}", err=True)
-    click.echo(f"export PALISADE_TLS_CERT={paths['cert']}")
-    click.echo(f"export PALISADE_TLS_KEY={paths['key']}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import platform
 
-from trainer.celery_app import app
+from celery import shared_task
 
 
-@app.task(name="palisade.system.ping")
+@shared_task(name="palisade.system.ping")
 def ping() -> dict[str, str]:
     """Liveness of the worker fleet (used by readiness checks and the compose healthcheck)."""
     import torch

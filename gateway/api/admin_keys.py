@@ -14,6 +14,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 from sqlalchemy import select
 
+from gateway.api.deps import ServicesDep
 from gateway.api.identity_api import NO_STORE, audit
 from gateway.audit.events import Tag
 from gateway.authn import totp
@@ -55,15 +56,9 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
     username: Name
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-    roles: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(min_length=1, max_length=10)
-    ]
+    roles: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(min_length=1, max_length=10)]
     department: Attr | None = None
     clearance: Attr | None = None
-
-
-def _identity(request: Request) -> Any:
-    return request.app.state.services.identity
 
 
 def _attrs(**kw: str | None) -> dict[str, str]:
@@ -79,7 +74,7 @@ def _attrs(**kw: str | None) -> dict[str, str]:
     tags=TAGS,
     status_code=201,
 )
-async def create_client(request: Request, data: ClientCreate) -> Response[dict[str, Any]]:
+async def create_client(request: Request, services: ServicesDep, data: ClientCreate) -> Response[dict[str, Any]]:
     actor = principal_of(request).id
     attrs = _attrs(
         department=data.department,
@@ -88,13 +83,13 @@ async def create_client(request: Request, data: ClientCreate) -> Response[dict[s
         clearance=data.clearance,
     )
     try:
-        new = await _identity(request).clients.create(
+        new = await services.identity.clients.create(
             data.name, models=data.models, attributes=attrs, scopes=data.scopes
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     await audit(
-        request, Tag.CLIENT_CREATE, actor=actor, target=new.client_id, name=data.name, models=data.models
+        services, request, Tag.CLIENT_CREATE, actor=actor, target=new.client_id, name=data.name, models=data.models
     )
     return Response(
         {"id": new.id, "client_id": new.client_id, "client_secret": new.client_secret},
@@ -104,8 +99,8 @@ async def create_client(request: Request, data: ClientCreate) -> Response[dict[s
 
 
 @get("/admin/clients", opt={"action": Action.CLIENT_READ}, operation_id="listClients", tags=TAGS)
-async def list_clients(request: Request) -> list[dict[str, Any]]:
-    return [client_view(c) for c in await _identity(request).clients.list()]
+async def list_clients(request: Request, services: ServicesDep) -> list[dict[str, Any]]:
+    return [client_view(c) for c in await services.identity.clients.list()]
 
 
 @post(
@@ -115,10 +110,10 @@ async def list_clients(request: Request) -> list[dict[str, Any]]:
     tags=TAGS,
     status_code=200,
 )
-async def disable_client(request: Request, client_id: Ident) -> dict[str, Any]:
-    if not await _identity(request).clients.disable(client_id):
+async def disable_client(request: Request, services: ServicesDep, client_id: Ident) -> dict[str, Any]:
+    if not await services.identity.clients.disable(client_id):
         raise NotFound("no active client with that id")
-    await audit(request, Tag.CLIENT_DISABLE, actor=principal_of(request).id, target=client_id)
+    await audit(services, request, Tag.CLIENT_DISABLE, actor=principal_of(request).id, target=client_id)
     return {"disabled": client_id}
 
 
@@ -129,10 +124,10 @@ async def disable_client(request: Request, client_id: Ident) -> dict[str, Any]:
     tags=TAGS,
     status_code=200,
 )
-async def delete_client(request: Request, client_id: Ident) -> dict[str, Any]:
-    if not await _identity(request).clients.delete(client_id):
+async def delete_client(request: Request, services: ServicesDep, client_id: Ident) -> dict[str, Any]:
+    if not await services.identity.clients.delete(client_id):
         raise NotFound("no client with that id")
-    await audit(request, Tag.CLIENT_DELETE, actor=principal_of(request).id, target=client_id)
+    await audit(services, request, Tag.CLIENT_DELETE, actor=principal_of(request).id, target=client_id)
     return {"deleted": client_id}
 
 
@@ -145,8 +140,8 @@ async def delete_client(request: Request, client_id: Ident) -> dict[str, Any]:
     tags=TAGS,
     status_code=201,
 )
-async def create_key(request: Request, data: KeyCreate) -> Response[dict[str, Any]]:
-    services = request.app.state.services
+async def create_key(request: Request, services: ServicesDep, data: KeyCreate) -> Response[dict[str, Any]]:
+    services = services
     actor = principal_of(request).id
     expires = utcnow() + timedelta(days=data.expires_days) if data.expires_days else None
     new = await services.keys.create(
@@ -157,6 +152,7 @@ async def create_key(request: Request, data: KeyCreate) -> Response[dict[str, An
         attributes=_attrs(department=data.department),
     )
     await audit(
+        services,
         request,
         Tag.KEY_CREATE,
         actor=actor,
@@ -178,13 +174,11 @@ async def create_key(request: Request, data: KeyCreate) -> Response[dict[str, An
 
 
 @get("/admin/keys", opt={"action": Action.KEY_READ}, operation_id="listKeys", tags=TAGS)
-async def list_keys(request: Request) -> list[dict[str, Any]]:
+async def list_keys(request: Request, services: ServicesDep) -> list[dict[str, Any]]:
     now = utcnow()
     out = []
-    for r in await request.app.state.services.keys.list():
-        state = (
-            "revoked" if r.revoked_at else ("expired" if r.expires_at and r.expires_at <= now else "active")
-        )
+    for r in await services.keys.list():
+        state = "revoked" if r.revoked_at else ("expired" if r.expires_at and r.expires_at <= now else "active")
         out.append(
             {
                 "id": r.id,
@@ -208,10 +202,10 @@ async def list_keys(request: Request) -> list[dict[str, Any]]:
     tags=TAGS,
     status_code=200,
 )
-async def revoke_key(request: Request, key_id: Ident) -> dict[str, Any]:
-    if not await request.app.state.services.keys.revoke(key_id):
+async def revoke_key(request: Request, services: ServicesDep, key_id: Ident) -> dict[str, Any]:
+    if not await services.keys.revoke(key_id):
         raise NotFound("no active key with that id or prefix")
-    await audit(request, Tag.KEY_REVOKE, actor=principal_of(request).id, target=key_id)
+    await audit(services, request, Tag.KEY_REVOKE, actor=principal_of(request).id, target=key_id)
     return {"revoked": key_id}
 
 
@@ -224,8 +218,8 @@ async def revoke_key(request: Request, key_id: Ident) -> dict[str, Any]:
     tags=TAGS,
     status_code=201,
 )
-async def create_user(request: Request, data: UserCreate) -> Response[dict[str, Any]]:
-    ident = _identity(request)
+async def create_user(request: Request, services: ServicesDep, data: UserCreate) -> Response[dict[str, Any]]:
+    ident = services.identity
     try:
         enrol = await ident.users.create(
             data.username,
@@ -240,6 +234,7 @@ async def create_user(request: Request, data: UserCreate) -> Response[dict[str, 
             raise Conflict(str(exc)) from None
         raise BadRequest(str(exc)) from None
     await audit(
+        services,
         request,
         Tag.USER_CREATE,
         actor=principal_of(request).id,
@@ -247,7 +242,7 @@ async def create_user(request: Request, data: UserCreate) -> Response[dict[str, 
         roles=data.roles,
     )
     await audit(
-        request, Tag.MFA_ENROL, actor=principal_of(request).id, target=f"user:{enrol.user_id}", factor="totp"
+        services, request, Tag.MFA_ENROL, actor=principal_of(request).id, target=f"user:{enrol.user_id}", factor="totp"
     )
     return Response(
         {
@@ -263,14 +258,14 @@ async def create_user(request: Request, data: UserCreate) -> Response[dict[str, 
 
 
 @get("/admin/users", opt={"action": Action.USER_READ}, operation_id="listUsers", tags=TAGS)
-async def list_users(request: Request) -> list[dict[str, Any]]:
-    return [user_view(u) for u in await _identity(request).users.list()]
+async def list_users(request: Request, services: ServicesDep) -> list[dict[str, Any]]:
+    return [user_view(u) for u in await services.identity.users.list()]
 
 
-async def _user_change(request: Request, user_id: str, tag: str, change: Any) -> dict[str, Any]:
+async def _user_change(services: ServicesDep, request: Request, user_id: str, tag: str, change: Any) -> dict[str, Any]:
     if not await change(user_id):
         raise NotFound("no such user")
-    await audit(request, tag, actor=principal_of(request).id, target=f"user:{user_id}")
+    await audit(services, request, tag, actor=principal_of(request).id, target=f"user:{user_id}")
     return {"user": user_id, "done": tag.rsplit(":", 1)[1]}
 
 
@@ -281,9 +276,9 @@ async def _user_change(request: Request, user_id: str, tag: str, change: Any) ->
     tags=TAGS,
     status_code=200,
 )
-async def disable_user(request: Request, user_id: Ident) -> dict[str, Any]:
-    users = _identity(request).users
-    return await _user_change(request, user_id, Tag.USER_DISABLE, lambda u: users.set_disabled(u, True))
+async def disable_user(request: Request, services: ServicesDep, user_id: Ident) -> dict[str, Any]:
+    users = services.identity.users
+    return await _user_change(services, request, user_id, Tag.USER_DISABLE, lambda u: users.set_disabled(u, True))
 
 
 @post(
@@ -293,9 +288,9 @@ async def disable_user(request: Request, user_id: Ident) -> dict[str, Any]:
     tags=TAGS,
     status_code=200,
 )
-async def enable_user(request: Request, user_id: Ident) -> dict[str, Any]:
-    users = _identity(request).users
-    return await _user_change(request, user_id, Tag.USER_ENABLE, lambda u: users.set_disabled(u, False))
+async def enable_user(request: Request, services: ServicesDep, user_id: Ident) -> dict[str, Any]:
+    users = services.identity.users
+    return await _user_change(services, request, user_id, Tag.USER_ENABLE, lambda u: users.set_disabled(u, False))
 
 
 @post(
@@ -305,16 +300,14 @@ async def enable_user(request: Request, user_id: Ident) -> dict[str, Any]:
     tags=TAGS,
     status_code=200,
 )
-async def unlock_user(request: Request, user_id: Ident) -> dict[str, Any]:
-    return await _user_change(request, user_id, Tag.USER_UNLOCK, _identity(request).users.unlock)
+async def unlock_user(request: Request, services: ServicesDep, user_id: Ident) -> dict[str, Any]:
+    return await _user_change(services, request, user_id, Tag.USER_UNLOCK, services.identity.users.unlock)
 
 
 # --- token-signing keys ---------------------------------------------------------------------------------------------
-@get(
-    "/admin/signing-keys", opt={"action": Action.SIGNING_KEY_READ}, operation_id="listSigningKeys", tags=TAGS
-)
-async def list_signing_keys(request: Request) -> list[dict[str, Any]]:
-    async with request.app.state.services.db.session() as s:
+@get("/admin/signing-keys", opt={"action": Action.SIGNING_KEY_READ}, operation_id="listSigningKeys", tags=TAGS)
+async def list_signing_keys(request: Request, services: ServicesDep) -> list[dict[str, Any]]:
+    async with services.db.session() as s:
         rows = (await s.execute(select(SigningKey).order_by(SigningKey.created_at))).scalars().all()
     return [
         {
@@ -337,12 +330,12 @@ async def list_signing_keys(request: Request) -> list[dict[str, Any]]:
     tags=TAGS,
     status_code=200,
 )
-async def rotate_signing(request: Request) -> dict[str, Any]:
-    ident = _identity(request)
+async def rotate_signing(request: Request, services: ServicesDep) -> dict[str, Any]:
+    ident = services.identity
     states = await rotate_signing_keys(ident.db, ident.sealer)
     await ident.signing.load()
     await audit(
-        request, Tag.SIGNING_KEY_ROTATE, actor=principal_of(request).id, target="signing-keys", **states
+        services, request, Tag.SIGNING_KEY_ROTATE, actor=principal_of(request).id, target="signing-keys", **states
     )
     return states
 

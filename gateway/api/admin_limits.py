@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
 
+from gateway.api.deps import ServicesDep
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authz.actions import Action
 from gateway.authz.guards import principal_of
@@ -47,8 +48,8 @@ def _rule_dict(r: Any) -> dict[str, Any]:
     }
 
 
-async def _changed(request: Request, tag: str, target: str, details: dict[str, Any]) -> None:
-    s = request.app.state.services
+async def _changed(services: ServicesDep, request: Request, tag: str, target: str, details: dict[str, Any]) -> None:
+    s = services
     await s.audit.record(
         AuditEvent(
             tag,
@@ -66,8 +67,8 @@ class LimitsController(Controller):
     tags = ["admin"]
 
     @get("/", opt={"action": Action.LIMIT_READ}, operation_id="getLimits")
-    async def overview(self, request: Request) -> dict[str, Any]:
-        s = request.app.state.services
+    async def overview(self, request: Request, services: ServicesDep) -> dict[str, Any]:
+        s = services
         admin = LimitsAdmin(s.db)
         return {
             "defaults": s.limits_config.defaults(),
@@ -79,16 +80,14 @@ class LimitsController(Controller):
 
     @put("/{kind:str}/{subject:str}", opt={"action": Action.LIMIT_WRITE}, operation_id="setLimits")
     async def set_rule(
-        self, request: Request, kind: Scope, subject: str, data: LimitUpdate
+        self, request: Request, services: ServicesDep, kind: Scope, subject: str, data: LimitUpdate
     ) -> dict[str, Any]:
         values = msgspec.structs.asdict(data)
         try:
-            row = await LimitsAdmin(request.app.state.services.db).set_rule(
-                kind, subject, values, principal_of(request).id
-            )
+            row = await LimitsAdmin(services.db).set_rule(kind, subject, values, principal_of(request).id)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        await _changed(request, Tag.LIMITS_CHANGE, f"limits:{kind}:{subject}", {"set": values})
+        await _changed(services, request, Tag.LIMITS_CHANGE, f"limits:{kind}:{subject}", {"set": values})
         return _rule_dict(row)
 
     @delete(
@@ -97,21 +96,19 @@ class LimitsController(Controller):
         operation_id="deleteLimits",
         status_code=200,
     )
-    async def delete_rule(self, request: Request, kind: Scope, subject: str) -> dict[str, Any]:
-        if not await LimitsAdmin(request.app.state.services.db).delete_rule(kind, subject):
+    async def delete_rule(self, request: Request, services: ServicesDep, kind: Scope, subject: str) -> dict[str, Any]:
+        if not await LimitsAdmin(services.db).delete_rule(kind, subject):
             raise NotFound(f"no limits set for {kind} {subject}")
-        await _changed(request, Tag.LIMITS_CHANGE, f"limits:{kind}:{subject}", {"deleted": True})
+        await _changed(services, request, Tag.LIMITS_CHANGE, f"limits:{kind}:{subject}", {"deleted": True})
         return {"deleted": True}
 
     @put("/options/{key:str}", opt={"action": Action.LIMIT_WRITE}, operation_id="setLimitOption")
-    async def set_option(self, request: Request, key: str, data: OptionUpdate) -> dict[str, Any]:
+    async def set_option(self, request: Request, services: ServicesDep, key: str, data: OptionUpdate) -> dict[str, Any]:
         try:
-            await LimitsAdmin(request.app.state.services.db).set_option(
-                key, data.value, principal_of(request).id
-            )
+            await LimitsAdmin(services.db).set_option(key, data.value, principal_of(request).id)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        await _changed(request, Tag.LIMITS_CHANGE, f"option:{key}", {"value": data.value})
+        await _changed(services, request, Tag.LIMITS_CHANGE, f"option:{key}", {"value": data.value})
         return {"key": key, "value": data.value}
 
     @post(
@@ -120,10 +117,12 @@ class LimitsController(Controller):
         operation_id="suspendPrincipal",
         status_code=200,
     )
-    async def suspend(self, request: Request, principal_id: str, data: Suspension) -> dict[str, Any]:
-        changed = await LimitsAdmin(request.app.state.services.db).set_suspended(principal_id, data.reason)
+    async def suspend(
+        self, request: Request, services: ServicesDep, principal_id: str, data: Suspension
+    ) -> dict[str, Any]:
+        changed = await LimitsAdmin(services.db).set_suspended(principal_id, data.reason)
         if changed:
-            await _changed(request, Tag.PRINCIPAL_SUSPEND, principal_id, {"reason": data.reason})
+            await _changed(services, request, Tag.PRINCIPAL_SUSPEND, principal_id, {"reason": data.reason})
         return {"principal_id": principal_id, "suspended": True}
 
     @delete(
@@ -132,10 +131,10 @@ class LimitsController(Controller):
         operation_id="unsuspendPrincipal",
         status_code=200,
     )
-    async def unsuspend(self, request: Request, principal_id: str) -> dict[str, Any]:
-        if not await LimitsAdmin(request.app.state.services.db).set_suspended(principal_id, None):
+    async def unsuspend(self, request: Request, services: ServicesDep, principal_id: str) -> dict[str, Any]:
+        if not await LimitsAdmin(services.db).set_suspended(principal_id, None):
             raise NotFound(f"{principal_id} is not suspended")
-        await _changed(request, Tag.PRINCIPAL_UNSUSPEND, principal_id, {})
+        await _changed(services, request, Tag.PRINCIPAL_UNSUSPEND, principal_id, {})
         return {"principal_id": principal_id, "suspended": False}
 
 
@@ -145,9 +144,11 @@ class LimitsController(Controller):
     operation_id="getOwnLimits",
     tags=["limits"],
 )
-async def own_limits(request: Request, principal_id: str, model: str | None = None) -> dict[str, Any]:
+async def own_limits(
+    request: Request, services: ServicesDep, principal_id: str, model: str | None = None
+) -> dict[str, Any]:
     """Limits and current usage of ``principal_id``: the policy's owner check lets a caller read only its own."""
-    s = request.app.state.services
+    s = services
     me = principal_of(request)
     if principal_id != me.id:
         raise NotFound("only your own limits can be read here; admins use /admin/limits")

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
+from gateway.api.deps import ServicesDep
 from gateway.authn.stepup import require_fresh_mfa
 from gateway.authz.actions import Action
 from gateway.authz.admin import apply_policy, rollback_policy, test_policy, version_dict
@@ -43,45 +44,41 @@ class PolicyTest(msgspec.Struct, forbid_unknown_fields=True):
     text: Text | None = None  # candidate; default: the current policy
 
 
-def _services(request: Request) -> Any:
-    return request.app.state.services
-
-
 class PolicyController(Controller):
     path = "/admin/policies"
     tags = ["admin"]
 
     @get("/", opt={"action": Action.POLICY_READ}, operation_id="getPolicy")
-    async def current(self, request: Request) -> dict[str, Any]:
-        row = await _services(request).policy_store.current()
+    async def current(self, request: Request, services: ServicesDep) -> dict[str, Any]:
+        row = await services.policy_store.current()
         if row is None:
             raise NotFound("no policy is stored")
         return version_dict(row, diff=False)
 
     @get("/history", opt={"action": Action.POLICY_READ}, operation_id="listPolicyVersions")
     async def history(
-        self, request: Request, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
+        self, request: Request, services: ServicesDep, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
     ) -> dict[str, Any]:
-        rows = await _services(request).policy_store.history(limit)
+        rows = await services.policy_store.history(limit)
         return {"versions": [version_dict(r, text=False, diff=False) for r in rows]}
 
     @get("/{version:int}", opt={"action": Action.POLICY_READ}, operation_id="getPolicyVersion")
-    async def version(self, request: Request, version: int) -> dict[str, Any]:
-        return version_dict(await _services(request).policy_store.get(version))
+    async def version(self, request: Request, services: ServicesDep, version: int) -> dict[str, Any]:
+        return version_dict(await services.policy_store.get(version))
 
     @post("/diff", opt={"action": Action.POLICY_READ}, operation_id="diffPolicy", status_code=200)
-    async def diff(self, request: Request, data: PolicyCandidate) -> dict[str, Any]:
-        row = await _services(request).policy_store.current()
+    async def diff(self, request: Request, services: ServicesDep, data: PolicyCandidate) -> dict[str, Any]:
+        row = await services.policy_store.current()
         return {
             "version": row.version if row else 0,
             "diff": unified_diff(row.text if row else "", data.text),
         }
 
     @post("/test", opt={"action": Action.POLICY_READ}, operation_id="testPolicy", status_code=200)
-    async def test(self, request: Request, data: PolicyTest) -> dict[str, Any]:
+    async def test(self, request: Request, services: ServicesDep, data: PolicyTest) -> dict[str, Any]:
         text = data.text
         if text is None:
-            row = await _services(request).policy_store.current()
+            row = await services.policy_store.current()
             text = row.text if row else ""
         return test_policy(text, data.principal, data.action, data.resource, data.env)
 
@@ -92,8 +89,8 @@ class PolicyController(Controller):
         operation_id="applyPolicy",
         status_code=201,
     )
-    async def apply(self, request: Request, data: PolicyChange) -> dict[str, Any]:
-        s = _services(request)
+    async def apply(self, request: Request, services: ServicesDep, data: PolicyChange) -> dict[str, Any]:
+        s = services
         row = await apply_policy(
             s.policy_store,
             s.audit.record,
@@ -112,8 +109,10 @@ class PolicyController(Controller):
         operation_id="rollbackPolicy",
         status_code=201,
     )
-    async def rollback(self, request: Request, version: int, data: PolicyRollback) -> dict[str, Any]:
-        s = _services(request)
+    async def rollback(
+        self, request: Request, services: ServicesDep, version: int, data: PolicyRollback
+    ) -> dict[str, Any]:
+        s = services
         row = await rollback_policy(
             s.policy_store,
             s.audit.record,

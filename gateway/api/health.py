@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api.deps import ServicesDep
 from gateway.authz.actions import Action
 from gateway.metrics import REGISTRY
 
@@ -19,8 +20,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", opt=PUBLIC, operation_id="readyz", tags=["health"])
-async def readyz(request: Request) -> Response[dict[str, Any]]:
-    services = request.app.state.services
+async def readyz(services: ServicesDep) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {"database": await services.db.ping()}
     if services.redis is not None:
         try:
@@ -30,14 +30,16 @@ async def readyz(request: Request) -> Response[dict[str, Any]]:
     checks["backends"] = {
         alias: any(e["healthy"] for e in endpoints) for alias, endpoints in services.router.status().items()
     }
-    audit_ready = getattr(services.audit, "ready", None)  # the durable chain; a placeholder trail has none
-    if audit_ready is not None:
-        checks["audit"] = await audit_ready()
+    loading, failed = services.models.loading(), services.models.failed()
+    checks["models"] = {"loading": loading, "failed": sorted(failed)}
+    checks["audit"] = await services.audit.ready()
     ok = (
         checks["database"]
         and checks.get("redis", True)
-        and checks.get("audit", True)
+        and checks["audit"]
         and all(checks["backends"].values())
+        and not loading
+        and not failed
     )
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 

@@ -12,6 +12,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
+from gateway.api.deps import ServicesDep
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn import totp
 from gateway.authn.passwords import verify_password
@@ -61,15 +62,12 @@ class WebAuthnRegisterBody(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(max_length=200)] = "security key"
 
 
-def _identity(request: Request) -> Any:
-    return request.app.state.services.identity
-
-
 def _ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
 async def audit(
+    services: ServicesDep,
     request: Request,
     tag: str,
     *,
@@ -78,7 +76,7 @@ async def audit(
     decision: str | None = None,
     **details: Any,
 ) -> None:
-    await request.app.state.services.audit.record(
+    await services.audit.record(
         AuditEvent(
             tag,
             actor=actor,
@@ -106,15 +104,14 @@ _OAUTH_ERRORS = {
 
 
 @post("/oauth/token", opt=PUBLIC, operation_id="oauthToken", tags=TAGS, status_code=200)
-async def oauth_token(request: Request) -> Response[dict[str, Any]]:
+async def oauth_token(request: Request, services: ServicesDep) -> Response[dict[str, Any]]:
     """Client-credentials grant (RFC 6749 §4.4): client_secret_basic or client_secret_post."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         raise BadRequest("the token request must be application/x-www-form-urlencoded")
-    result = await _identity(request).token_endpoint.issue(
-        str(request.url), request.headers, await request.body()
-    )
+    result = await services.identity.token_endpoint.issue(str(request.url), request.headers, await request.body())
     if result.status == 200 and result.client is not None and result.claims is not None:
         await audit(
+            services,
             request,
             Tag.TOKEN_ISSUE,
             actor=f"client:{result.client.client_id}",
@@ -124,23 +121,23 @@ async def oauth_token(request: Request) -> Response[dict[str, Any]]:
             exp=result.claims["exp"],
             scope=result.claims.get("scope"),
         )
-        await _identity(request).clients.touch(result.client.id)
+        await services.identity.clients.touch(result.client.id)
         return Response(result.body, headers=NO_STORE)
     code = str(result.body.get("error") or "invalid_request")
     status, etype, message = _OAUTH_ERRORS.get(code, (400, "invalid_request_error", "token request refused"))
-    await audit(request, Tag.TOKEN_DENY, decision="deny", error=code)
+    await audit(services, request, Tag.TOKEN_DENY, decision="deny", error=code)
     headers = {"WWW-Authenticate": 'Basic realm="palisade"', **NO_STORE} if status == 401 else NO_STORE
     raise ApiError(message, status_code=status, error_type=etype, code=code, headers=headers)
 
 
 @get("/.well-known/jwks.json", opt=PUBLIC, operation_id="jwks", tags=TAGS)
-async def jwks(request: Request) -> Response[dict[str, Any]]:
-    return Response(await _identity(request).signing.jwks(), headers={"Cache-Control": "public, max-age=60"})
+async def jwks(request: Request, services: ServicesDep) -> Response[dict[str, Any]]:
+    return Response(await services.identity.signing.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
 
 @get("/.well-known/openid-configuration", opt=PUBLIC, operation_id="openidConfiguration", tags=TAGS)
-async def openid_configuration(request: Request) -> dict[str, Any]:
-    return _identity(request).metadata()
+async def openid_configuration(request: Request, services: ServicesDep) -> dict[str, Any]:
+    return services.identity.metadata()
 
 
 # --- login: password, then one second factor ------------------------------------------------------------------
@@ -148,9 +145,10 @@ def _failed() -> Unauthenticated:
     return Unauthenticated(LoginFailed.MESSAGE)
 
 
-async def _login_failure(request: Request, reason: str, user_id: str | None) -> Unauthenticated:
-    await _identity(request).throttle.fail(_ip(request))
+async def _login_failure(services: ServicesDep, request: Request, reason: str, user_id: str | None) -> Unauthenticated:
+    await services.identity.throttle.fail(_ip(request))
     await audit(
+        services,
         request,
         Tag.LOGIN_FAILURE,
         actor=f"user:{user_id}" if user_id else None,
@@ -161,19 +159,19 @@ async def _login_failure(request: Request, reason: str, user_id: str | None) -> 
 
 
 @post("/auth/login", opt=PUBLIC, operation_id="login", tags=TAGS, status_code=200)
-async def login(request: Request, data: LoginBody) -> Response[dict[str, Any]]:
+async def login(request: Request, services: ServicesDep, data: LoginBody) -> Response[dict[str, Any]]:
     """Step 1: the password. On success a short pending session waits for the second factor."""
-    ident = _identity(request)
+    ident = services.identity
     await ident.throttle.wait(_ip(request))
     try:
         user = await ident.users.check_password(data.username, data.password)
     except LoginFailed as exc:
-        raise await _login_failure(request, str(exc), exc.user_id) from None
+        raise await _login_failure(services, request, str(exc), exc.user_id) from None
     pending = await ident.sessions.create(user.id, stage="mfa", client_ip=_ip(request))
     methods = ["totp", "recovery"]
     if await ident.users.webauthn_credentials(user.id):
         methods.append("webauthn")
-    await audit(request, Tag.LOGIN_PASSWORD, actor=f"user:{user.id}", decision="allow")
+    await audit(services, request, Tag.LOGIN_PASSWORD, actor=f"user:{user.id}", decision="allow")
     return Response(
         {"mfa_required": True, "methods": methods},
         headers=NO_STORE,
@@ -181,17 +179,17 @@ async def login(request: Request, data: LoginBody) -> Response[dict[str, Any]]:
     )
 
 
-async def _pending(request: Request) -> Any:
-    row = await _identity(request).sessions.get(request.cookies.get(LOGIN_COOKIE), stage="mfa")
+async def _pending(services: ServicesDep, request: Request) -> Any:
+    row = await services.identity.sessions.get(request.cookies.get(LOGIN_COOKIE), stage="mfa")
     if row is None:
         raise Unauthenticated("no login in progress; POST /auth/login first")
     return row
 
 
-async def _complete(request: Request, pending: Any, method: str) -> Response[dict[str, Any]]:
-    ident = _identity(request)
+async def _complete(services: ServicesDep, request: Request, pending: Any, method: str) -> Response[dict[str, Any]]:
+    ident = services.identity
     new: NewSession = await ident.sessions.promote(pending, method)
-    await audit(request, Tag.LOGIN_SUCCESS, actor=f"user:{pending.user_id}", decision="allow", mfa=method)
+    await audit(services, request, Tag.LOGIN_SUCCESS, actor=f"user:{pending.user_id}", decision="allow", mfa=method)
     user = await ident.users.get(pending.user_id)
     return Response(
         {"csrf_token": new.csrf, "user": user_view(user), "idle_timeout_s": ident.settings.session_idle_s},
@@ -204,19 +202,19 @@ async def _complete(request: Request, pending: Any, method: str) -> Response[dic
 
 
 @post("/auth/login/totp", opt=PUBLIC, operation_id="loginTotp", tags=TAGS, status_code=200)
-async def login_totp(request: Request, data: CodeBody) -> Response[dict[str, Any]]:
-    pending = await _pending(request)
-    if not await _identity(request).users.verify_totp(pending.user_id, data.code):
-        raise await _login_failure(request, "wrong or reused TOTP code", pending.user_id)
-    return await _complete(request, pending, "totp")
+async def login_totp(request: Request, services: ServicesDep, data: CodeBody) -> Response[dict[str, Any]]:
+    pending = await _pending(services, request)
+    if not await services.identity.users.verify_totp(pending.user_id, data.code):
+        raise await _login_failure(services, request, "wrong or reused TOTP code", pending.user_id)
+    return await _complete(services, request, pending, "totp")
 
 
 @post("/auth/login/recovery", opt=PUBLIC, operation_id="loginRecovery", tags=TAGS, status_code=200)
-async def login_recovery(request: Request, data: CodeBody) -> Response[dict[str, Any]]:
-    pending = await _pending(request)
-    if not await _identity(request).users.use_recovery_code(pending.user_id, data.code):
-        raise await _login_failure(request, "wrong or used recovery code", pending.user_id)
-    return await _complete(request, pending, "recovery")
+async def login_recovery(request: Request, services: ServicesDep, data: CodeBody) -> Response[dict[str, Any]]:
+    pending = await _pending(services, request)
+    if not await services.identity.users.use_recovery_code(pending.user_id, data.code):
+        raise await _login_failure(services, request, "wrong or used recovery code", pending.user_id)
+    return await _complete(services, request, pending, "recovery")
 
 
 @post(
@@ -226,9 +224,9 @@ async def login_recovery(request: Request, data: CodeBody) -> Response[dict[str,
     tags=TAGS,
     status_code=200,
 )
-async def login_webauthn_options(request: Request) -> dict[str, Any]:
-    pending = await _pending(request)
-    ident = _identity(request)
+async def login_webauthn_options(request: Request, services: ServicesDep) -> dict[str, Any]:
+    pending = await _pending(services, request)
+    ident = services.identity
     out = await ident.webauthn.authentication_options(pending.user_id)
     if out is None:
         raise BadRequest("no security key is registered for this account")
@@ -238,22 +236,22 @@ async def login_webauthn_options(request: Request) -> dict[str, Any]:
 
 
 @post("/auth/login/webauthn", opt=PUBLIC, operation_id="loginWebauthn", tags=TAGS, status_code=200)
-async def login_webauthn(request: Request, data: WebAuthnBody) -> Response[dict[str, Any]]:
-    pending = await _pending(request)
-    ident = _identity(request)
+async def login_webauthn(request: Request, services: ServicesDep, data: WebAuthnBody) -> Response[dict[str, Any]]:
+    pending = await _pending(services, request)
+    ident = services.identity
     challenge = await ident.sessions.take_challenge(pending.id)
     if challenge is None or not await ident.users.usable(pending.user_id):
-        raise await _login_failure(request, "no webauthn challenge or unusable account", pending.user_id)
+        raise await _login_failure(services, request, "no webauthn challenge or unusable account", pending.user_id)
     try:
         await ident.webauthn.authenticate(pending.user_id, data.credential, challenge)
     except WebAuthnFailed as exc:
         await ident.users.record_failure(pending.user_id)
-        raise await _login_failure(request, f"webauthn: {exc}", pending.user_id) from None
-    return await _complete(request, pending, "webauthn")
+        raise await _login_failure(services, request, f"webauthn: {exc}", pending.user_id) from None
+    return await _complete(services, request, pending, "webauthn")
 
 
 # --- self-service: session, step-up, logout, MFA changes -------------------------------------------------------
-def _session_user(request: Request) -> tuple[Principal, str, str]:
+def _session_user(services: ServicesDep, request: Request) -> tuple[Principal, str, str]:
     """The person and session behind a cookie-authenticated request."""
     principal = principal_of(request)
     session_id = request.scope.get("state", {}).get("session_id")
@@ -263,7 +261,7 @@ def _session_user(request: Request) -> tuple[Principal, str, str]:
 
 
 @get("/auth/session", opt={"action": Action.SELF_READ}, operation_id="whoami", tags=TAGS)
-async def whoami(request: Request) -> dict[str, Any]:
+async def whoami(request: Request, services: ServicesDep) -> dict[str, Any]:
     p = principal_of(request)
     return {
         "id": p.id,
@@ -278,10 +276,10 @@ async def whoami(request: Request) -> dict[str, Any]:
 
 
 @post("/auth/step-up", opt={"action": Action.SELF_WRITE}, operation_id="stepUp", tags=TAGS, status_code=200)
-async def step_up(request: Request, data: StepUpBody) -> dict[str, Any]:
+async def step_up(request: Request, services: ServicesDep, data: StepUpBody) -> dict[str, Any]:
     """Refresh the session's MFA time with a TOTP or recovery code (WebAuthn: /auth/step-up/webauthn)."""
-    principal, user_id, session_id = _session_user(request)
-    ident = _identity(request)
+    principal, user_id, session_id = _session_user(services, request)
+    ident = services.identity
     if data.code is not None:
         ok, method = await ident.users.verify_totp(user_id, data.code), "totp"
     elif data.recovery_code is not None:
@@ -290,11 +288,11 @@ async def step_up(request: Request, data: StepUpBody) -> dict[str, Any]:
         raise BadRequest("give code or recovery_code")
     if not ok:
         await audit(
-            request, Tag.LOGIN_FAILURE, actor=principal.id, decision="deny", reason=f"step-up {method}"
+            services, request, Tag.LOGIN_FAILURE, actor=principal.id, decision="deny", reason=f"step-up {method}"
         )
         raise Unauthenticated(LoginFailed.MESSAGE)
     await ident.sessions.mark_mfa(session_id, method)
-    await audit(request, Tag.STEP_UP, actor=principal.id, decision="allow", mfa=method)
+    await audit(services, request, Tag.STEP_UP, actor=principal.id, decision="allow", mfa=method)
     return {"mfa": "fresh", "method": method}
 
 
@@ -305,9 +303,9 @@ async def step_up(request: Request, data: StepUpBody) -> dict[str, Any]:
     tags=TAGS,
     status_code=200,
 )
-async def step_up_webauthn_options(request: Request) -> dict[str, Any]:
-    _, user_id, session_id = _session_user(request)
-    ident = _identity(request)
+async def step_up_webauthn_options(request: Request, services: ServicesDep) -> dict[str, Any]:
+    _, user_id, session_id = _session_user(services, request)
+    ident = services.identity
     out = await ident.webauthn.authentication_options(user_id)
     if out is None:
         raise BadRequest("no security key is registered for this account")
@@ -322,9 +320,9 @@ async def step_up_webauthn_options(request: Request) -> dict[str, Any]:
     tags=TAGS,
     status_code=200,
 )
-async def step_up_webauthn(request: Request, data: WebAuthnBody) -> dict[str, Any]:
-    principal, user_id, session_id = _session_user(request)
-    ident = _identity(request)
+async def step_up_webauthn(request: Request, services: ServicesDep, data: WebAuthnBody) -> dict[str, Any]:
+    principal, user_id, session_id = _session_user(services, request)
+    ident = services.identity
     challenge = await ident.sessions.take_challenge(session_id)
     try:
         if challenge is None:
@@ -332,18 +330,18 @@ async def step_up_webauthn(request: Request, data: WebAuthnBody) -> dict[str, An
         await ident.webauthn.authenticate(user_id, data.credential, challenge)
     except WebAuthnFailed as exc:
         await ident.users.record_failure(user_id)
-        await audit(request, Tag.LOGIN_FAILURE, actor=principal.id, decision="deny", reason=f"step-up {exc}")
+        await audit(services, request, Tag.LOGIN_FAILURE, actor=principal.id, decision="deny", reason=f"step-up {exc}")
         raise Unauthenticated(LoginFailed.MESSAGE) from None
     await ident.sessions.mark_mfa(session_id, "webauthn")
-    await audit(request, Tag.STEP_UP, actor=principal.id, decision="allow", mfa="webauthn")
+    await audit(services, request, Tag.STEP_UP, actor=principal.id, decision="allow", mfa="webauthn")
     return {"mfa": "fresh", "method": "webauthn"}
 
 
 @post("/auth/logout", opt={"action": Action.SELF_WRITE}, operation_id="logout", tags=TAGS, status_code=200)
-async def logout(request: Request) -> Response[dict[str, Any]]:
-    principal, _, session_id = _session_user(request)
-    await _identity(request).sessions.end(session_id)
-    await audit(request, Tag.LOGOUT, actor=principal.id)
+async def logout(request: Request, services: ServicesDep) -> Response[dict[str, Any]]:
+    principal, _, session_id = _session_user(services, request)
+    await services.identity.sessions.end(session_id)
+    await audit(services, request, Tag.LOGOUT, actor=principal.id)
     return Response({"logged_out": 1}, cookies=[clear_cookie(SESSION_COOKIE)])
 
 
@@ -354,19 +352,19 @@ async def logout(request: Request) -> Response[dict[str, Any]]:
     tags=TAGS,
     status_code=200,
 )
-async def logout_everywhere(request: Request) -> Response[dict[str, Any]]:
-    principal, user_id, _ = _session_user(request)
-    ended = await _identity(request).sessions.end_all(user_id)
-    await audit(request, Tag.LOGOUT_ALL, actor=principal.id, sessions=ended)
+async def logout_everywhere(request: Request, services: ServicesDep) -> Response[dict[str, Any]]:
+    principal, user_id, _ = _session_user(services, request)
+    ended = await services.identity.sessions.end_all(user_id)
+    await audit(services, request, Tag.LOGOUT_ALL, actor=principal.id, sessions=ended)
     return Response({"logged_out": ended}, cookies=[clear_cookie(SESSION_COOKIE)])
 
 
-async def _reauth(request: Request, user_id: str, password: str) -> None:
+async def _reauth(services: ServicesDep, request: Request, user_id: str, password: str) -> None:
     """Changing a factor needs the password again (on top of a fresh MFA check)."""
-    user = await _identity(request).users.get(user_id)
+    user = await services.identity.users.get(user_id)
     if user is None or not verify_password(user.password_hash, password):
-        await _identity(request).users.record_failure(user_id)
-        await audit(request, Tag.LOGIN_FAILURE, actor=f"user:{user_id}", decision="deny", reason="re-auth")
+        await services.identity.users.record_failure(user_id)
+        await audit(services, request, Tag.LOGIN_FAILURE, actor=f"user:{user_id}", decision="deny", reason="re-auth")
         raise Unauthenticated(LoginFailed.MESSAGE)
 
 
@@ -381,11 +379,11 @@ MFA_CHANGE = {"action": Action.SELF_WRITE}
     tags=TAGS,
     status_code=200,
 )
-async def totp_change_begin(request: Request, data: PasswordBody) -> Response[dict[str, Any]]:
+async def totp_change_begin(request: Request, services: ServicesDep, data: PasswordBody) -> Response[dict[str, Any]]:
     """A new TOTP seed (otpauth URI + QR code); it replaces the old one once a code from it is confirmed."""
-    principal, user_id, _ = _session_user(request)
-    await _reauth(request, user_id, data.password)
-    uri = await _identity(request).users.begin_totp_change(user_id)
+    principal, user_id, _ = _session_user(services, request)
+    await _reauth(services, request, user_id, data.password)
+    uri = await services.identity.users.begin_totp_change(user_id)
     return Response({"otpauth_uri": uri, "qr_svg": totp.qr_svg(uri)}, headers=NO_STORE)
 
 
@@ -397,11 +395,11 @@ async def totp_change_begin(request: Request, data: PasswordBody) -> Response[di
     tags=TAGS,
     status_code=200,
 )
-async def totp_change_confirm(request: Request, data: CodeBody) -> dict[str, Any]:
-    principal, user_id, _ = _session_user(request)
-    if not await _identity(request).users.confirm_totp_change(user_id, data.code):
+async def totp_change_confirm(request: Request, services: ServicesDep, data: CodeBody) -> dict[str, Any]:
+    principal, user_id, _ = _session_user(services, request)
+    if not await services.identity.users.confirm_totp_change(user_id, data.code):
         raise BadRequest("the code does not match the new authenticator (or no change is pending)")
-    await audit(request, Tag.MFA_ENROL, actor=principal.id, target=principal.id, factor="totp")
+    await audit(services, request, Tag.MFA_ENROL, actor=principal.id, target=principal.id, factor="totp")
     return {"enrolled": "totp"}
 
 
@@ -413,11 +411,11 @@ async def totp_change_confirm(request: Request, data: CodeBody) -> dict[str, Any
     tags=TAGS,
     status_code=200,
 )
-async def recovery_codes(request: Request, data: PasswordBody) -> Response[dict[str, Any]]:
-    principal, user_id, _ = _session_user(request)
-    await _reauth(request, user_id, data.password)
-    codes = await _identity(request).users.regenerate_recovery_codes(user_id)
-    await audit(request, Tag.RECOVERY_REGENERATE, actor=principal.id, target=principal.id)
+async def recovery_codes(request: Request, services: ServicesDep, data: PasswordBody) -> Response[dict[str, Any]]:
+    principal, user_id, _ = _session_user(services, request)
+    await _reauth(services, request, user_id, data.password)
+    codes = await services.identity.users.regenerate_recovery_codes(user_id)
+    await audit(services, request, Tag.RECOVERY_REGENERATE, actor=principal.id, target=principal.id)
     return Response({"recovery_codes": codes}, headers=NO_STORE)
 
 
@@ -429,9 +427,9 @@ async def recovery_codes(request: Request, data: PasswordBody) -> Response[dict[
     tags=TAGS,
     status_code=200,
 )
-async def webauthn_register_options(request: Request) -> dict[str, Any]:
-    _, user_id, session_id = _session_user(request)
-    ident = _identity(request)
+async def webauthn_register_options(request: Request, services: ServicesDep) -> dict[str, Any]:
+    _, user_id, session_id = _session_user(services, request)
+    ident = services.identity
     user = await ident.users.get(user_id)
     options, challenge = await ident.webauthn.registration_options(user)
     await ident.sessions.set_challenge(session_id, challenge)
@@ -446,10 +444,10 @@ async def webauthn_register_options(request: Request) -> dict[str, Any]:
     tags=TAGS,
     status_code=201,
 )
-async def webauthn_register(request: Request, data: WebAuthnRegisterBody) -> dict[str, Any]:
-    principal, user_id, session_id = _session_user(request)
-    await _reauth(request, user_id, data.password)
-    ident = _identity(request)
+async def webauthn_register(request: Request, services: ServicesDep, data: WebAuthnRegisterBody) -> dict[str, Any]:
+    principal, user_id, session_id = _session_user(services, request)
+    await _reauth(services, request, user_id, data.password)
+    ident = services.identity
     challenge = await ident.sessions.take_challenge(session_id)
     if challenge is None:
         raise BadRequest("no registration in progress; POST /auth/mfa/webauthn/options first")
@@ -458,7 +456,7 @@ async def webauthn_register(request: Request, data: WebAuthnRegisterBody) -> dic
     except WebAuthnFailed as exc:
         raise BadRequest(f"the security key's response did not verify ({exc})") from None
     await audit(
-        request, Tag.MFA_ENROL, actor=principal.id, target=principal.id, factor="webauthn", credential=row.id
+        services, request, Tag.MFA_ENROL, actor=principal.id, target=principal.id, factor="webauthn", credential=row.id
     )
     return {"id": row.id, "name": row.name}
 
@@ -472,13 +470,14 @@ async def webauthn_register(request: Request, data: WebAuthnRegisterBody) -> dic
     status_code=200,
 )
 async def webauthn_remove(
-    request: Request, data: PasswordBody, credential_id: Annotated[str, Parameter(max_length=64)]
+    request: Request, services: ServicesDep, data: PasswordBody, credential_id: Annotated[str, Parameter(max_length=64)]
 ) -> dict[str, Any]:
-    principal, user_id, _ = _session_user(request)
-    await _reauth(request, user_id, data.password)
-    if not await _identity(request).webauthn.remove(user_id, credential_id):
+    principal, user_id, _ = _session_user(services, request)
+    await _reauth(services, request, user_id, data.password)
+    if not await services.identity.webauthn.remove(user_id, credential_id):
         raise ApiError("no such security key", status_code=404, error_type="not_found_error")
     await audit(
+        services,
         request,
         Tag.MFA_REMOVE,
         actor=principal.id,

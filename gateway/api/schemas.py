@@ -89,10 +89,17 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 texts = []
                 for part in m.content:
                     if part.type != "text" or part.text is None:
-                        raise BadRequest(f"messages[{i}]: only text content parts are supported",
-                                         param=f"messages[{i}].content")
+                        raise BadRequest(
+                            f"messages[{i}]: only text content parts are supported", param=f"messages[{i}].content"
+                        )
                     texts.append(part.text)
                 content = "".join(texts)
+            elif m.content is None and m.role != "assistant":
+                # as OpenAI's API answers it: only an assistant turn (with tool calls) may have no content
+                raise BadRequest(
+                    f"messages[{i}].content: expected a string or a list of content parts, got null",
+                    param=f"messages[{i}].content",
+                )
             else:
                 content = m.content or ""
             role = "system" if m.role == "developer" else m.role

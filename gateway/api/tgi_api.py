@@ -9,16 +9,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Response, post
 
+from gateway.api.deps import ContextDep, ServicesDep
 from gateway.api.openai_api import run_chat, sampling
 from gateway.api.schemas import ChatCompletionRequest, PositiveInt
 from gateway.api.sse import sse_response
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
 from gateway.errors import BadRequest
 from gateway.inference.base import GenerationRequest, GenerationResult, SamplingParams, StreamDelta
-from gateway.middleware import request_id_of
 
 _FINISH = {"stop": "eos_token", "length": "length", "cancelled": "eos_token"}
 
@@ -71,19 +70,20 @@ class TGIChatRequest(ChatCompletionRequest, kw_only=True):
     tool_prompt: str | None = None
 
 
-def _gen_request(request: Request, data: TGIRequest, default_max: int) -> tuple[GenerationRequest, bool]:
+def _gen_request(ctx: ContextDep, data: TGIRequest) -> GenerationRequest:
     p = data.parameters
     p.check_supported()
     temperature = p.temperature if p.temperature is not None else 1.0
     params = SamplingParams(
-        max_tokens=p.max_new_tokens or default_max,
+        max_tokens=p.max_new_tokens or 0,
         temperature=temperature if p.do_sample or p.temperature is not None else 0.0,
         top_p=p.top_p or 1.0,
         seed=p.seed,
         stop=list(p.stop),
     )
-    gen = GenerationRequest(request_id_of(request.scope) or "", params, prompt=data.inputs, adapter_id=p.adapter_id)
-    return gen, p.max_new_tokens is not None
+    # TGI's own default is greedy unless do_sample: only the length is left to the model's defaults
+    omitted = () if p.max_new_tokens is not None else ("max_tokens",)
+    return GenerationRequest(ctx.request_id, params, prompt=data.inputs, adapter_id=p.adapter_id, omitted=omitted)
 
 
 def _response(result: GenerationResult, seed: int | None) -> dict[str, Any]:
@@ -103,16 +103,16 @@ class TGIController(Controller):
     path = "/tgi/{model:str}"
     tags = ["tgi"]
 
-    async def _generate(self, request: Request, model: str, data: TGIRequest, *, stream: bool, listed: bool) -> Any:
-        services = request.app.state.services
-        gen, given = _gen_request(request, data, services.settings.default_max_tokens)
-        prepared = await services.inference.prepare(request, principal_of(request), model, gen,
-                                                    max_tokens_given=given)
+    async def _generate(
+        self, services: ServicesDep, ctx: ContextDep, model: str, data: TGIRequest, *, stream: bool, listed: bool
+    ) -> Any:
+        gen = _gen_request(ctx, data)
+        prepared = await services.inference.prepare(ctx, model, gen)
         if not stream:
-            result = await services.inference.complete(request, prepared)
+            result = await services.inference.complete(prepared)
             body = _response(result, gen.params.seed)
-            return [body] if listed else body
-        deltas = await services.inference.open_stream(request, prepared)
+            return Response([body] if listed else body, headers=prepared.headers)
+        deltas = await services.inference.open_stream(prepared)
         text: list[str] = []
         index = 0
 
@@ -136,28 +136,33 @@ class TGIController(Controller):
                 }
             return [event] if (d.text or d.finish_reason) else []
 
-        return sse_response(deltas, render, request_id=gen.request_id, done=False)
+        return sse_response(deltas, render, request_id=gen.request_id, done=False, headers=prepared.headers)
 
     @post("/", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiCompatGenerate", status_code=200)
-    async def compat(self, request: Request, model: str, data: TGIRequest) -> Any:
-        return await self._generate(request, model, data, stream=data.stream, listed=True)
+    async def compat(self, services: ServicesDep, ctx: ContextDep, model: str, data: TGIRequest) -> Any:
+        return await self._generate(services, ctx, model, data, stream=data.stream, listed=True)
 
     @post("/generate", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiGenerate", status_code=200)
-    async def generate(self, request: Request, model: str, data: TGIRequest) -> Any:
-        return await self._generate(request, model, data, stream=False, listed=False)
+    async def generate(self, services: ServicesDep, ctx: ContextDep, model: str, data: TGIRequest) -> Any:
+        return await self._generate(services, ctx, model, data, stream=False, listed=False)
 
-    @post("/generate_stream", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiGenerateStream",
-          status_code=200)
-    async def generate_stream(self, request: Request, model: str, data: TGIRequest) -> Any:
-        return await self._generate(request, model, data, stream=True, listed=False)
+    @post("/generate_stream", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiGenerateStream", status_code=200)
+    async def generate_stream(self, services: ServicesDep, ctx: ContextDep, model: str, data: TGIRequest) -> Any:
+        return await self._generate(services, ctx, model, data, stream=True, listed=False)
 
-    @post("/v1/chat/completions", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiChatCompletion",
-          status_code=200)
-    async def chat(self, request: Request, model: str, data: TGIChatRequest) -> Any:
+    @post(
+        "/v1/chat/completions", opt={"action": Action.MODEL_INVOKE}, operation_id="tgiChatCompletion", status_code=200
+    )
+    async def chat(self, services: ServicesDep, ctx: ContextDep, model: str, data: TGIChatRequest) -> Any:
         data.unsupported()
-        services = request.app.state.services
-        params, given = sampling(data, services.settings.default_max_tokens)
-        gen = GenerationRequest(request_id_of(request.scope) or "", params, messages=data.plain_messages())
-        return await run_chat(request, model, gen, given, stream=data.stream,
-                              include_usage=bool(data.stream_options and data.stream_options.include_usage),
-                              tgi_dialect=True)
+        params, omitted = sampling(data)
+        gen = GenerationRequest(ctx.request_id, params, messages=data.plain_messages(), omitted=omitted)
+        return await run_chat(
+            services,
+            ctx,
+            model,
+            gen,
+            stream=data.stream,
+            include_usage=bool(data.stream_options and data.stream_options.include_usage),
+            tgi_dialect=True,
+        )

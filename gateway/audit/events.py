@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.context import Anonymous, RequestContext
+
 
 class Tag:
     AUTHN_SUCCESS = "authn:principal:success"
@@ -62,6 +64,19 @@ class AuditEvent:
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     at: datetime | None = None  # set by the trail (UTC)
+
+    @classmethod
+    def of(
+        cls, ctx: RequestContext | Anonymous, tag: str, *, target: str | None = None, decision: str | None = None,
+        **details: Any,
+    ) -> AuditEvent:
+        """The one way to describe an event: who (the context's principal), which request, from where."""
+        if ctx.client_ip is not None:
+            details.setdefault("client_ip", ctx.client_ip)
+        actor = ctx.principal.id if isinstance(ctx, RequestContext) else None
+        if isinstance(ctx, RequestContext) and ctx.origin != "http":
+            details.setdefault("origin", ctx.origin)
+        return cls(tag, actor=actor, target=target, decision=decision, request_id=ctx.request_id, details=details)
 
 
 class AuditTrail(Protocol):

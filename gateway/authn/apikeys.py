@@ -13,11 +13,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 
 from gateway.authn.principal import Principal
+from gateway.authn.revocation import CredentialCache
 from gateway.db.base import utcnow
 from gateway.db.keys import ApiKey
 from gateway.db.session import Database
@@ -37,10 +37,10 @@ class NewKey:
 
 
 class ApiKeyService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: CredentialCache | None = None) -> None:
         self.db = db
-        #: verified-key cache (gateway.authn.revocation.CredentialCache), set by the identity wiring
-        self.cache: Any = None
+        #: verified-key cache; revocations empty it on every replica (None: the CLI, which verifies nothing)
+        self.cache = cache
         self._touched: dict[str, float] = {}
 
     async def create(
@@ -88,12 +88,7 @@ class ApiKeyService:
             # last-used at one-minute resolution: no write per request on the hot path
             if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
                 await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        attrs = dict(row.attributes or {})
-        principal = Principal(
-            id=f"key:{row.id}", kind="app", name=row.name, auth_method="api_key",
-            roles=tuple(attrs.pop("roles", ("app",))), attributes=attrs, models=tuple(row.models or ()),
-            key_id=row.id,
-        )
+        principal = key_principal(row)
         if self.cache is not None:
             self.cache.put(prefix, row.key_hash, (principal, row.expires_at), row.id, generation=generation)
         return principal
@@ -128,3 +123,12 @@ class ApiKeyService:
     async def list(self) -> list[ApiKey]:
         async with self.db.session() as s:
             return list((await s.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())
+
+
+def key_principal(row: ApiKey) -> Principal:
+    attrs = dict(row.attributes or {})
+    return Principal(
+        id=f"key:{row.id}", kind="app", name=row.name, auth_method="api_key",
+        roles=tuple(attrs.pop("roles", ("app",))), attributes=attrs, models=tuple(row.models or ()),
+        key_id=row.id,
+    )

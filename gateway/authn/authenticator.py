@@ -26,11 +26,14 @@ MAX_CREDENTIAL_LEN = 8192
 
 
 class Authenticator:
-    def __init__(self, keys: ApiKeyService, audit: AuditTrail) -> None:
+    def __init__(
+        self, keys: ApiKeyService, audit: AuditTrail, *, token_verifiers: list[TokenVerifier] | None = None,
+        session_resolvers: list[SessionResolver] | None = None,
+    ) -> None:
         self.keys = keys
         self.audit = audit
-        self.token_verifiers: list[TokenVerifier] = []
-        self.session_resolvers: list[SessionResolver] = []
+        self.token_verifiers: list[TokenVerifier] = list(token_verifiers or ())
+        self.session_resolvers: list[SessionResolver] = list(session_resolvers or ())
 
     async def authenticate(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         header = connection.headers.get("authorization")

@@ -1,8 +1,7 @@
-"""The identity subsystem of one gateway process, built once by ``build_services``.
+"""The identity subsystem of one gateway process, built once by the composition root (``gateway.services``).
 
-``Identity.install`` plugs it into the shared ``Authenticator``: our JWT verifier (and an external IdP's, when
-configured) as token verifiers, the console session store as a session resolver, and the revocation-aware cache
-into the API key service.
+It hands the ``Authenticator`` its token verifiers (ours, and an external IdP's when configured) and session
+resolver; the revocation-aware credential cache it shares with the API key service is built before both.
 """
 
 from __future__ import annotations
@@ -11,7 +10,9 @@ from typing import Any
 
 import structlog
 
-from gateway.audit.events import AuditEvent, Tag
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
+from gateway.authn.apikeys import key_principal
+from gateway.authn.authenticator import SessionResolver, TokenVerifier
 from gateway.authn.clients import ClientService
 from gateway.authn.jwt_verify import JwtVerifier
 from gateway.authn.oauth_server import TokenEndpoint
@@ -23,6 +24,10 @@ from gateway.authn.signing import ALG, SigningKeys, ensure_signing_keys
 from gateway.authn.throttle import IpThrottle
 from gateway.authn.users import LOCKOUT_AFTER, UserService
 from gateway.authn.webauthn_factor import WebAuthnFactor
+from gateway.crypto.keyring import Keyring
+from gateway.db.base import utcnow
+from gateway.db.identity import User
+from gateway.db.keys import ApiKey
 from gateway.db.session import Database
 from gateway.settings import Settings
 
@@ -56,14 +61,24 @@ def client_principal(claims: dict[str, Any]) -> Principal:
 
 
 class Identity:
-    def __init__(self, settings: Settings, db: Database, *, keyring: Any, redis: Any = None) -> None:
+    """Clients, tokens, people, sessions and second factors; the token verifiers and session resolver that the
+    ``Authenticator`` is built with."""
+
+    def __init__(
+        self, settings: Settings, db: Database, *, keyring: Keyring, audit: AuditTrail, key_cache: CredentialCache,
+        redis: Any = None,
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.audit = audit
         self.issuer = issuer_of(settings)
         self.sealer = Sealer(keyring)
         self.signing = SigningKeys(db, self.sealer)
+        self.key_cache = key_cache
         self.clients = ClientService(db)
+        self.clients.cache = key_cache  # one revocation channel for keys and clients
         self.users = UserService(db, self.sealer)
+        self.users.on_locked = self._locked
         self.sessions = SessionStore(
             db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
         )
@@ -83,8 +98,6 @@ class Identity:
             key_lookup=self.signing.public_key,
             to_principal=client_principal,
         )
-        self.key_cache = CredentialCache(settings, settings.redis_url)
-        self.clients.cache = self.key_cache  # one revocation channel for keys and clients
         self.idp_verifier: JwtVerifier | None = None
         if settings.oidc_issuer and settings.oidc_jwks_url:
             from gateway.authn.oidc import oidc_verifier
@@ -99,26 +112,50 @@ class Identity:
     async def close(self) -> None:
         await self.key_cache.close()
 
-    def install(self, services: Any) -> None:
-        authenticator = services.authenticator
-        authenticator.token_verifiers.append(self.verify_client_token)
-        if self.idp_verifier is not None:
-            authenticator.token_verifiers.append(self.idp_verifier)
-        authenticator.session_resolvers.append(self.sessions.resolve)
-        services.keys.cache = self.key_cache
+    def token_verifiers(self) -> list[TokenVerifier]:
+        """Ours first, then the external IdP's (when configured)."""
+        return [self.verify_client_token, *([self.idp_verifier] if self.idp_verifier is not None else [])]
 
-        async def locked(user_id: str) -> None:
-            await services.audit.record(
-                AuditEvent(
-                    Tag.ACCOUNT_LOCKED,
-                    actor=f"user:{user_id}",
-                    target=f"user:{user_id}",
-                    decision="deny",
-                    details={"after_failures": LOCKOUT_AFTER},
-                )
+    def session_resolvers(self) -> list[SessionResolver]:
+        return [self.sessions.resolve]
+
+    async def _locked(self, user_id: str) -> None:
+        await self.audit.record(
+            AuditEvent(
+                Tag.ACCOUNT_LOCKED,
+                actor=f"user:{user_id}",
+                target=f"user:{user_id}",
+                decision="deny",
+                details={"after_failures": LOCKOUT_AFTER},
             )
+        )
 
-        self.users.on_locked = locked
+    async def principal_for(self, principal_id: str) -> Principal | None:
+        """The principal a job acts for, as it stands now (None if revoked, disabled, expired or gone): a batch or
+        dataset job re-reads it instead of trusting what was true when the job was queued."""
+        kind, _, ident = principal_id.partition(":")
+        now = utcnow()
+        async with self.db.session() as s:
+            if kind == "key":
+                row = await s.get(ApiKey, ident)
+                if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
+                    return None
+                return key_principal(row)
+            if kind == "client":
+                client = await self.clients.get_active(ident)
+                if client is None:
+                    return None
+                return client_principal({"client_id": client.client_id, "sub": client.client_id,
+                                         "name": client.name, "roles": list(client.roles or ["app"]),
+                                         "attributes": dict(client.attributes or {}),
+                                         "models": list(client.models or [])})
+            if kind == "user":
+                user = await s.get(User, ident)
+                if user is None or user.disabled_at is not None or user.locked_at is not None:
+                    return None
+                return Principal(id=f"user:{user.id}", kind="user", name=user.username, auth_method="session",
+                                 roles=tuple(user.roles or ()), attributes=dict(user.attributes or {}))
+        return None
 
     async def verify_client_token(self, token: str) -> Principal | None:
         """One of our access tokens, honoured only while its client is active: disabling or deleting a client

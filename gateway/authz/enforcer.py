@@ -119,12 +119,14 @@ class CasbinAuthorizer:
         self.checked_at = time.monotonic()
 
     # ------------------------------------------------------------------ deciding
-    async def decide(self, principal: Principal, action: str, resource: dict[str, Any]) -> Decision:
+    async def decide(
+        self, principal: Principal, action: str, resource: dict[str, Any], env: Environment | None = None
+    ) -> Decision:
         if time.monotonic() - self.checked_at > self.stale_after_s:
             raise ServiceUnavailable(
                 "the policy store cannot be reached; refusing until it answers", headers={"Retry-After": "5"}
             )
-        return self.decide_now(principal, action, resource, current_env.get())
+        return self.decide_now(principal, action, resource, env if env is not None else current_env.get())
 
     def decide_now(
         self,

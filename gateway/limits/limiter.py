@@ -105,12 +105,16 @@ class RateLimiter:
             self._reserve = _Script(redis, RESERVE_LUA)
             self._settle = _Script(redis, SETTLE_LUA)
 
-    async def reserve(self, principal: Principal, model: str, tokens: int) -> Reservation:
+    async def reserve(
+        self, principal: Principal, model: str, tokens: int, *, priority: int | None = None
+    ) -> Reservation:
+        """``priority`` caps the principal's own (a batch line runs below its owner's interactive calls)."""
         reason = self.config.snapshot.suspended.get(principal.id)
         if reason is not None:
             raise Forbidden(f"this credential is suspended pending an administrator's review ({reason})")
         if self.shedder is not None:
-            self.shedder.check(self.config.priority_of(principal), model)
+            own = self.config.priority_of(principal)
+            self.shedder.check(own if priority is None else min(own, priority), model)
         scopes = self.config.scopes_for(principal, model)
         rid = secrets.token_hex(8)
         res = Reservation(principal.id, model, tokens, token=rid, scopes=scopes)

@@ -14,8 +14,9 @@ def test_worker_answers_ping_over_sqlite_broker(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         code = (
-            "from trainer.celery_app import app\n"
-            "r = app.send_task('palisade.system.ping', queue='cpu')\n"
+            "from gateway.jobs import make_client\n"
+            "from gateway.settings import get_settings\n"
+            "r = make_client(get_settings()).send_task('palisade.system.ping', queue='cpu')\n"
             "print(r.get(timeout=90)['torch'])\n"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,

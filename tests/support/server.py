@@ -23,7 +23,7 @@ def free_port() -> int:
 def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALISADE_")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PALISADE_DATA_DIR=str(data_dir),
-               PALISADE_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+               PALISADE_LOG_LEVEL="warning", PYTHONUNBUFFERED="1", PALISADE_SERVE_WORKER="false")
     env.update(extra)
     return env
 

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import click
 
-
-def _run_db(fn: Any) -> Any:
-    from gateway.cli import _with_db
-
-    return asyncio.run(_with_db(fn))
-
-
-async def _audit(db: Any, event: Any) -> None:
-    from gateway.cli import _cli_audit
-
-    await _cli_audit(db, event)
+from gateway.cli.common import cli_audit, run_db, settings_or_exit
 
 
 @click.group("clients")
@@ -59,7 +48,7 @@ def clients_create(
 
     async def go(db: Any) -> Any:
         new = await ClientService(db).create(name, models=list(models), attributes=attrs, scopes=list(scopes))
-        await _audit(
+        await cli_audit(
             db,
             AuditEvent(
                 Tag.CLIENT_CREATE,
@@ -71,7 +60,7 @@ def clients_create(
         return new
 
     try:
-        new = _run_db(go)
+        new = run_db(go)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"created client {new.client_id} ({name}); the secret is shown only once:", err=True)
@@ -83,7 +72,7 @@ def clients_list() -> None:
     """List clients (never their secrets)."""
     from gateway.authn.clients import ClientService, client_view
 
-    for row in _run_db(lambda db: ClientService(db).list()):
+    for row in run_db(lambda db: ClientService(db).list()):
         click.echo(json.dumps(client_view(row)))
 
 
@@ -97,10 +86,10 @@ def clients_disable(client_id: str) -> None:
     async def go(db: Any) -> bool:
         done = await ClientService(db).disable(client_id)
         if done:
-            await _audit(db, AuditEvent(Tag.CLIENT_DISABLE, actor="cli", target=client_id))
+            await cli_audit(db, AuditEvent(Tag.CLIENT_DISABLE, actor="cli", target=client_id))
         return done
 
-    if not _run_db(go):
+    if not run_db(go):
         raise click.ClickException(f"no active client {client_id}")
     click.echo(f"disabled {client_id}")
 
@@ -115,10 +104,10 @@ def clients_delete(client_id: str) -> None:
     async def go(db: Any) -> bool:
         done = await ClientService(db).delete(client_id)
         if done:
-            await _audit(db, AuditEvent(Tag.CLIENT_DELETE, actor="cli", target=client_id))
+            await cli_audit(db, AuditEvent(Tag.CLIENT_DELETE, actor="cli", target=client_id))
         return done
 
-    if not _run_db(go):
+    if not run_db(go):
         raise click.ClickException(f"no client {client_id}")
     click.echo(f"deleted {client_id}")
 
@@ -153,20 +142,19 @@ def admin_create(username: str, password: str, department: str | None, roles: tu
     from gateway.authn.passwords import WeakPassword
     from gateway.authn.sealing import open_sealer
     from gateway.authn.users import UserService
-    from gateway.cli import _settings
 
     async def go(db: Any) -> Any:
-        users = UserService(db, await open_sealer(_settings(), db))
+        users = UserService(db, await open_sealer(settings_or_exit(), db))
         enrol = await users.create(
             username, password, roles=list(roles), attributes={"department": department} if department else {}
         )
-        await _audit(
+        await cli_audit(
             db,
             AuditEvent(
                 Tag.USER_CREATE, actor="cli", target=f"user:{enrol.user_id}", details={"roles": list(roles)}
             ),
         )
-        await _audit(
+        await cli_audit(
             db,
             AuditEvent(
                 Tag.MFA_ENROL, actor="cli", target=f"user:{enrol.user_id}", details={"factor": "totp"}
@@ -175,7 +163,7 @@ def admin_create(username: str, password: str, department: str | None, roles: tu
         return enrol
 
     try:
-        enrol = _run_db(go)
+        enrol = run_db(go)
     except (WeakPassword, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -194,13 +182,12 @@ def rotate_signing() -> None:
     from gateway.audit.events import AuditEvent, Tag
     from gateway.authn.sealing import open_sealer
     from gateway.authn.signing import rotate_signing_keys
-    from gateway.cli import _settings
 
     async def go(db: Any) -> Any:
-        states = await rotate_signing_keys(db, await open_sealer(_settings(), db))
-        await _audit(
+        states = await rotate_signing_keys(db, await open_sealer(settings_or_exit(), db))
+        await cli_audit(
             db, AuditEvent(Tag.SIGNING_KEY_ROTATE, actor="cli", target="signing-keys", details=states)
         )
         return states
 
-    click.echo(json.dumps(_run_db(go)))
+    click.echo(json.dumps(run_db(go)))

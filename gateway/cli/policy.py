@@ -13,18 +13,13 @@ from typing import Any
 import click
 
 from gateway.audit.events import AuditEvent, Tag
+from gateway.cli.common import cli_audit, run, settings_or_exit, with_db
 
 ACTOR = "cli"
 
 
-def _cli() -> Any:
-    from gateway import cli
-
-    return cli
-
-
 async def _publish(name: str) -> None:
-    settings = _cli()._settings()
+    settings = settings_or_exit()
     if not settings.redis_url:
         return
     import redis.asyncio as aioredis
@@ -42,7 +37,7 @@ async def _publish(name: str) -> None:
 
 def _record(db: Any) -> Any:
     async def record(event: AuditEvent) -> None:
-        await _cli()._cli_audit(db, event)
+        await cli_audit(db, event)
 
     return record
 
@@ -72,7 +67,7 @@ def policy_show(version: int | None) -> None:
         store = PolicyStore(db)
         return await store.get(version) if version else await store.current()
 
-    row = _cli()._run(_cli()._with_db(go))
+    row = run(with_db(go))
     if row is None:
         raise click.ClickException(
             "no policy stored yet (the gateway seeds policies/policy.csv at first start)"
@@ -91,7 +86,7 @@ def policy_diff(file: str) -> None:
     from gateway.authz.store import PolicyStore
 
     text = _read(file)
-    row = _cli()._run(_cli()._with_db(lambda db: PolicyStore(db).current()))
+    row = run(with_db(lambda db: PolicyStore(db).current()))
     click.echo(unified_diff(row.text if row else "", text, f"v{row.version if row else 0}", file), nl=False)
     try:
         click.echo(f"# candidate is valid: {len(parse(text))} rules", err=True)
@@ -135,7 +130,7 @@ def policy_test(
     if file:
         text = _read(file)
     else:
-        row = _cli()._run(_cli()._with_db(lambda db: PolicyStore(db).current()))
+        row = run(with_db(lambda db: PolicyStore(db).current()))
         if row is None:
             from gateway.authz.enforcer import DEFAULT_POLICY_PATH
 
@@ -178,7 +173,7 @@ def policy_apply(file: str, reason: str) -> None:
         )
 
     try:
-        row = _cli()._run(_cli()._with_db(go))
+        row = run(with_db(go))
     except Exception as exc:
         raise _fail(exc) from None
     click.echo(row.diff, nl=False, err=True)
@@ -192,7 +187,7 @@ def policy_history(limit: int) -> None:
     from gateway.authz.admin import version_dict
     from gateway.authz.store import PolicyStore
 
-    rows = _cli()._run(_cli()._with_db(lambda db: PolicyStore(db).history(limit)))
+    rows = run(with_db(lambda db: PolicyStore(db).history(limit)))
     for r in rows:
         click.echo(json.dumps(version_dict(r, text=False, diff=False)))
 
@@ -211,7 +206,7 @@ def policy_rollback(version: int, reason: str) -> None:
         )
 
     try:
-        row = _cli()._run(_cli()._with_db(go))
+        row = run(with_db(go))
     except Exception as exc:
         raise _fail(exc) from None
     click.echo(f"policy version {row.version} restores v{version}")
@@ -223,7 +218,7 @@ def limits() -> None:
 
 
 async def _limits_change(db: Any, tag: str, target: str, details: dict[str, Any]) -> None:
-    await _cli()._cli_audit(db, AuditEvent(tag, actor=ACTOR, target=target, details=details))
+    await cli_audit(db, AuditEvent(tag, actor=ACTOR, target=target, details=details))
     await _publish("limits")
 
 
@@ -241,7 +236,7 @@ def limits_show() -> None:
             q = select(UsageBaseline).where(UsageBaseline.suspended_at.is_not(None))
             suspended = {r.principal_id: r.suspended_reason for r in (await s.execute(q)).scalars()}
         return {
-            "defaults": LimitsConfig(_cli()._settings()).defaults(),
+            "defaults": LimitsConfig(settings_or_exit()).defaults(),
             "rules": [
                 {
                     "scope": r.scope,
@@ -255,7 +250,7 @@ def limits_show() -> None:
             "suspended": suspended,
         }
 
-    click.echo(json.dumps(_cli()._run(_cli()._with_db(go)), indent=2))
+    click.echo(json.dumps(run(with_db(go)), indent=2))
 
 
 @limits.command("set")
@@ -285,7 +280,7 @@ def limits_set(scope: str, subject: str, **values: int | None) -> None:
         await _limits_change(db, Tag.LIMITS_CHANGE, f"limits:{scope}:{subject}", {"set": given})
 
     try:
-        _cli()._run(_cli()._with_db(go))
+        run(with_db(go))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"limits for {scope} {subject}: {json.dumps(given)}")
@@ -304,7 +299,7 @@ def limits_unset(scope: str, subject: str) -> None:
             await _limits_change(db, Tag.LIMITS_CHANGE, f"limits:{scope}:{subject}", {"deleted": True})
         return done
 
-    if not _cli()._run(_cli()._with_db(go)):
+    if not run(with_db(go)):
         raise click.ClickException(f"no limits set for {scope} {subject}")
     click.echo(f"limits for {scope} {subject} removed")
 
@@ -323,7 +318,7 @@ def limits_option(key: str, value: str) -> None:
         await _limits_change(db, Tag.LIMITS_CHANGE, f"option:{key}", {"value": parsed})
 
     try:
-        _cli()._run(_cli()._with_db(go))
+        run(with_db(go))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{key} = {json.dumps(parsed)}")
@@ -342,7 +337,7 @@ def limits_suspend(principal_id: str, reason: str) -> None:
             await _limits_change(db, Tag.PRINCIPAL_SUSPEND, principal_id, {"reason": reason})
         return done
 
-    click.echo(f"{principal_id} suspended" if _cli()._run(_cli()._with_db(go)) else "already suspended")
+    click.echo(f"{principal_id} suspended" if run(with_db(go)) else "already suspended")
 
 
 @limits.command("unsuspend")
@@ -357,6 +352,6 @@ def limits_unsuspend(principal_id: str) -> None:
             await _limits_change(db, Tag.PRINCIPAL_UNSUSPEND, principal_id, {})
         return done
 
-    if not _cli()._run(_cli()._with_db(go)):
+    if not run(with_db(go)):
         raise click.ClickException(f"{principal_id} is not suspended")
     click.echo(f"{principal_id} unsuspended")

@@ -14,6 +14,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gateway.cli.common import settings_or_exit, with_db
+
 _err = Console(stderr=True)
 
 
@@ -41,18 +43,17 @@ def _progress() -> Progress:
 
 async def _with_chain(fn: Any) -> Any:
     from gateway.audit.chain import AuditChain
-    from gateway.cli import _settings, _with_db
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> Any:
-        settings = _settings()
+        settings = settings_or_exit()
         chain = await AuditChain.open(settings, db, await open_keyring(settings, db))
         try:
             return await fn(chain)
         finally:
             await chain.close()
 
-    return await _with_db(go)
+    return await with_db(go)
 
 
 def _count(url: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -94,10 +95,9 @@ def verify_cmd(from_seq: int | None, to_seq: int | None, public_keys: tuple[str,
     from gateway.audit.chain import head_file_of
     from gateway.audit.pins import keys_file_of
     from gateway.audit.verify import verify_trail
-    from gateway.cli import _settings
     from gateway.db.migrate import upgrade
 
-    settings = _settings()
+    settings = settings_or_exit()
     if settings.is_sqlite:
         upgrade(settings)
     pems = [Path(p).read_text() for p in public_keys] or None
@@ -222,15 +222,14 @@ def public_key_cmd() -> None:
     """Print the audit signing public key (PEM) for offline verification."""
     from gateway.audit.pins import keys_file_of
     from gateway.audit.signing import AuditSigner, public_pem
-    from gateway.cli import _settings, _with_db
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> str:
-        settings = _settings()
+        settings = settings_or_exit()
         signer = await AuditSigner.load_or_create(db, await open_keyring(settings, db), keys_file_of(settings))
         return public_pem(signer.public)
 
-    click.echo(asyncio.run(_with_db(go)), nl=False)
+    click.echo(asyncio.run(with_db(go)), nl=False)
 
 
 @audit.command("rotate-key")
@@ -240,15 +239,14 @@ def rotate_key_cmd() -> None:
     from gateway.audit.events import AuditEvent, Tag
     from gateway.audit.pins import keys_file_of
     from gateway.audit.signing import AuditSigner
-    from gateway.cli import _settings, _with_db
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> str:
-        settings = _settings()
+        settings = settings_or_exit()
         signer = await AuditSigner.create(db, await open_keyring(settings, db), keys_file_of(settings))
         return signer.key_id
 
-    key_id = asyncio.run(_with_db(go))
+    key_id = asyncio.run(with_db(go))
 
     async def note(chain: Any) -> None:  # recorded (and checkpointed) under the new key
         await chain.record(AuditEvent(Tag.AUDIT_KEY_ROTATE, actor="cli", target=key_id))
@@ -306,11 +304,10 @@ def prune_cmd(days: int | None, before: str | None) -> None:
     import json
 
     from gateway.audit.retention import prune
-    from gateway.cli import _settings
 
     cutoff = _when(before)
     if cutoff is None:
-        days = days if days is not None else _settings().audit_retention_days
+        days = days if days is not None else settings_or_exit().audit_retention_days
         if not days:
             raise click.ClickException(
                 "no retention configured: give --days, --before or PALISADE_AUDIT_RETENTION_DAYS"

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from gateway.cli.common import cli_audit, settings_or_exit, with_db
+
 
 @click.command("rotate")
 @click.option(
@@ -26,13 +28,12 @@ import click
 def rotate_command(purposes: tuple[str, ...], new_kek: bool) -> None:
     """Rotate the keyring: old ciphertexts stay readable, new ones use the new versions."""
     from gateway.audit.events import AuditEvent, Tag
-    from gateway.cli import _cli_audit, _settings, _with_db
     from gateway.crypto import KeyringError, open_keyring
 
     async def go(db: Any) -> Any:
-        keyring = await open_keyring(_settings(), db)
+        keyring = await open_keyring(settings_or_exit(), db)
         report = await keyring.rotate(list(purposes) or None, new_kek=new_kek)
-        await _cli_audit(
+        await cli_audit(
             db,
             AuditEvent(
                 Tag.KEYRING_ROTATE,
@@ -48,7 +49,7 @@ def rotate_command(purposes: tuple[str, ...], new_kek: bool) -> None:
         return report
 
     try:
-        report = asyncio.run(_with_db(go))
+        report = asyncio.run(with_db(go))
     except KeyringError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

@@ -1,0 +1,102 @@
+"""``palisade serve``, ``worker``, ``migrate`` and ``dev-cert``: running the processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.cli.common import settings_or_exit
+from gateway.settings import get_settings, help_for
+
+
+@click.command()
+@click.option("--host", default=None, help=help_for("host"))
+@click.option("--port", type=int, default=None, help=help_for("port"))
+@click.option("--workers", type=int, default=1, show_default=True, help="Gateway worker processes.")
+@click.option("--no-worker", is_flag=True, help="Embedded mode: do not start the Celery worker process beside it.")
+def serve(host: str | None, port: int | None, workers: int, no_worker: bool) -> None:
+    """Run the gateway (migrates the embedded SQLite database first). In embedded mode (no Redis) it also starts
+    one Celery worker process, so datasets, training runs and batches work on a fresh machine."""
+    import uvicorn
+
+    from gateway.db.migrate import upgrade
+    from gateway.tls import uvicorn_tls_options
+
+    # flags win over the environment, and the app (token issuer, metadata URLs) must see the same values
+    if host:
+        os.environ["PALISADE_HOST"] = host
+    if port:
+        os.environ["PALISADE_PORT"] = str(port)
+    get_settings.cache_clear()
+    settings = settings_or_exit()
+    if settings.is_sqlite:
+        upgrade(settings)
+    try:
+        kwargs: dict[str, Any] = uvicorn_tls_options(settings.tls_cert, settings.tls_key)  # TLS 1.2+, HSTS
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    worker: subprocess.Popen[bytes] | None = None
+    if settings.embedded_mode and not no_worker and settings.serve_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu,gpu"],
+                                  env=os.environ.copy())
+    try:
+        uvicorn.run(
+            "gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
+            workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
+            log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace_s), **kwargs,
+        )
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()  # Celery's warm shutdown: the job in hand is requeued (acks_late), not lost
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+@click.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    from gateway.db.migrate import upgrade
+
+    settings = settings_or_exit()
+    upgrade(settings)
+    click.echo(f"database at head ({'sqlite' if settings.is_sqlite else 'postgresql'})")
+
+
+@click.command()
+@click.option("--queues", default="cpu", show_default=True, help="Comma-separated Celery queues (cpu, gpu).")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs run at once.")
+def worker(queues: str, concurrency: int) -> None:
+    """Run a Celery worker for datasets, training runs and batches."""
+    from trainer.celery_app import make_celery
+
+    settings = settings_or_exit()
+    if settings.is_sqlite:
+        from gateway.db.migrate import upgrade
+
+        upgrade(settings)
+    app = make_celery(settings)
+    app.worker_main(["worker", "--loglevel=INFO", f"--queues={queues}", f"--concurrency={concurrency}",
+                     "--pool=prefork" if concurrency > 1 else "--pool=solo", "--without-gossip", "--without-mingle"])
+
+
+@click.command("dev-cert")
+@click.option("--host", "hosts", multiple=True,
+              help="Name or IP on the certificate (repeat; default localhost, 127.0.0.1, ::1).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory (default <data_dir>/tls).")
+def dev_cert(hosts: tuple[str, ...], out_dir: Path | None) -> None:
+    """Make a local CA and a server certificate to try TLS; prints the settings to use."""
+    from gateway.tls import make_dev_cert
+
+    paths = make_dev_cert(out_dir or settings_or_exit().data_dir / "tls", hosts or ("localhost", "127.0.0.1", "::1"))
+    click.echo(f"CA certificate (trust it in clients): {paths['ca']}", err=True)
+    click.echo(f"export PALISADE_TLS_CERT={paths['cert']}")
+    click.echo(f"export PALISADE_TLS_KEY={paths['key']}")

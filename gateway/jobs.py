@@ -1,0 +1,66 @@
+"""Background jobs: one Celery configuration for every process, and the gateway's way to enqueue by task name.
+
+The gateway never imports ``trainer``: it sends ``palisade.<domain>.<task>`` by name with ids as arguments, after
+the database commit that made the work visible. Workers (``palisade worker``, or the one ``palisade serve`` starts
+in embedded mode) build their app with ``trainer.celery_app.make_celery(settings)``, which adds the task modules.
+
+Embedded default: kombu's ``sqla+sqlite`` broker and ``db+sqlite`` results in the data dir, so a fresh machine
+needs no broker. Production: Redis (or RabbitMQ) from PALISADE_CELERY_BROKER_URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from gateway.settings import Settings
+
+#: the longest job (a training run) must finish before a Redis broker would hand its message to another worker;
+#: the database lease (trainer.runs) is what really guards against a second run, this only avoids the churn
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "broker_url": settings.celery_broker_url,
+        "result_backend": settings.celery_result_backend,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_acks_late": True,  # a crashed worker's job is redelivered, not lost
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # jobs are long: take one at a time
+        "task_default_queue": "cpu",
+        "task_routes": {"palisade.train.*": {"queue": "gpu"}},
+        "broker_connection_retry_on_startup": True,
+        "result_extended": True,
+        "timezone": "UTC",
+    }
+    if settings.celery_broker_url.startswith(("redis://", "rediss://")):
+        config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return config
+
+
+def make_client(settings: Settings) -> Celery:
+    """A Celery app that only sends (no task modules imported)."""
+    app = Celery("palisade", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class JobQueue:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app: Celery | None = None
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:  # lazily: a gateway that never enqueues never opens the broker
+            self._app = make_client(self.settings)
+        return self._app
+
+    def enqueue(self, task: str, *args: Any, queue: str | None = None, task_id: str | None = None) -> str:
+        """Send ``task`` by name; returns the Celery task id. Call after the commit that the task will read."""
+        result = self.app.send_task(task, args=list(args), queue=queue, task_id=task_id)
+        return str(result.id)

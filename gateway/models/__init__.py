@@ -1,0 +1,1 @@
+"""The model domain: which aliases exist, what serves them, their attributes and sampling defaults."""
