@@ -23,11 +23,11 @@ from gateway.api import health
 from gateway.api.admin_keys import ADMIN_IDENTITY_ROUTES
 from gateway.api.admin_limits import LIMITS_ROUTES
 from gateway.api.admin_policy import POLICY_ROUTES
+from gateway.api.guard import context_of, make_authorize
 from gateway.api.identity_api import IDENTITY_ROUTES
 from gateway.api.openai_api import OpenAIController
 from gateway.api.tgi_api import TGIController
 from gateway.authz.actions import Action
-from gateway.authz.guards import context_of, make_authorize
 from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging

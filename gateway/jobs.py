@@ -42,6 +42,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+#: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
+#: worker imports them, the gateway never does (it sends by name)
+TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks"]
+
+
+def make_worker_app(settings: Settings) -> Celery:
+    """The worker's app: the shared configuration plus every task module."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker lives there in embedded mode
+    app = Celery("palisade", include=TASK_MODULES)
+    app.conf.update(celery_config(settings))
+    return app
+
+
 def make_client(settings: Settings) -> Celery:
     """A Celery app that only sends (no task modules imported)."""
     app = Celery("palisade", set_as_current=False)

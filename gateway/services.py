@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.audit.chain import AuditChain
+from gateway.audit.retention import start_scheduled_prune
 from gateway.authn.apikeys import ApiKeyService
 from gateway.authn.authenticator import Authenticator
 from gateway.authn.identity import Identity
@@ -27,7 +28,7 @@ from gateway.authz.attributes import Networks
 from gateway.authz.enforcer import CasbinAuthorizer
 from gateway.authz.service import Authorization
 from gateway.authz.store import PolicyStore
-from gateway.authz.sync import ChangeFeed
+from gateway.changes import ChangeFeed
 from gateway.crypto import open_keyring
 from gateway.crypto.keyring import Keyring
 from gateway.db.session import Database
@@ -97,6 +98,7 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
 
         redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
+    audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
 
     key_cache = CredentialCache(settings, settings.redis_url)
     keys = ApiKeyService(db, cache=key_cache)

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from sqlalchemy import select
 
 from gateway.api.deps import ServicesDep
+from gateway.api.guard import principal_of
 from gateway.api.identity_api import NO_STORE, audit
 from gateway.audit.events import Tag
 from gateway.authn import totp
@@ -24,7 +25,6 @@ from gateway.authn.signing import rotate_signing_keys
 from gateway.authn.stepup import require_fresh_mfa
 from gateway.authn.users import user_view
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
 from gateway.db.base import utcnow
 from gateway.db.identity import SigningKey
 from gateway.errors import BadRequest, Conflict, NotFound

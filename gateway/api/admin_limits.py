@@ -9,9 +9,9 @@ import msgspec
 from litestar import Controller, Request, delete, get, post, put
 
 from gateway.api.deps import ServicesDep
+from gateway.api.guard import principal_of
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
 from gateway.errors import BadRequest, NotFound
 from gateway.limits.config import FIELDS, LimitsAdmin
 from gateway.middleware import request_id_of

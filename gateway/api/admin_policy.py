@@ -9,11 +9,11 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from gateway.api.deps import ServicesDep
+from gateway.api.guard import principal_of
 from gateway.authn.stepup import require_fresh_mfa
 from gateway.authz.actions import Action
 from gateway.authz.admin import apply_policy, rollback_policy, test_policy, version_dict
 from gateway.authz.document import unified_diff
-from gateway.authz.guards import principal_of
 from gateway.errors import NotFound
 from gateway.middleware import request_id_of
 

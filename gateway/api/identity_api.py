@@ -13,6 +13,7 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
 from gateway.api.deps import ServicesDep
+from gateway.api.guard import principal_of
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn import totp
 from gateway.authn.passwords import verify_password
@@ -22,7 +23,6 @@ from gateway.authn.stepup import require_fresh_mfa
 from gateway.authn.users import LoginFailed, user_view
 from gateway.authn.webauthn_factor import WebAuthnFailed
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
 from gateway.errors import ApiError, BadRequest, Unauthenticated
 from gateway.middleware import request_id_of
 

@@ -24,7 +24,8 @@ from sqlalchemy import func, insert, select, update
 from gateway.audit.appender import appender_for
 from gateway.audit.canonical import GENESIS, canonical_details, checkpoint_payload, iso, record_hash
 from gateway.audit.events import AuditEvent
-from gateway.audit.pins import keys_file_of
+from gateway.audit.pins import keys_file_of, pinner
+from gateway.audit.readiness import chain_ready
 from gateway.audit.shipping import Sink, sinks_from_settings
 from gateway.audit.signing import AuditSigner
 from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
@@ -78,7 +79,7 @@ class AuditChain:
 
     @classmethod
     async def open(cls, settings: Settings, db: Database, keyring: Any) -> AuditChain:
-        signer = await AuditSigner.load_or_create(db, keyring, keys_file_of(settings))
+        signer = await AuditSigner.load_or_create(db, keyring, pinner(keys_file_of(settings)))
         chain = cls(
             settings, db, keyring, signer, sinks_from_settings(settings.audit_ship, settings.audit_syslog)
         )
@@ -90,9 +91,12 @@ class AuditChain:
             self._last_cp_seq = (await s.execute(select(func.max(AuditCheckpoint.seq)))).scalar() or 0
         self._writer = asyncio.create_task(self._write_loop(), name="audit-writer")
         self._ticker = asyncio.create_task(self._tick_loop(), name="audit-checkpoints")
-        from gateway.audit.retention import start_scheduled_prune  # retention builds on this module
+        self._pruner: asyncio.Task | None = None
 
-        self._pruner = start_scheduled_prune(self)  # None unless retention + its interval are configured
+    def adopt(self, task: asyncio.Task | None) -> None:
+        """A task that works on this chain (scheduled retention) and stops with it."""
+        if task is not None:
+            self._pruner = task
 
     # --- the one audit call ------------------------------------------------------------------------------
     async def record(self, event: AuditEvent) -> int:
@@ -254,8 +258,6 @@ class AuditChain:
 
     async def ready(self) -> bool:
         """For /readyz (gateway.audit.readiness): writer running, checkpoints signing, store accepting appends."""
-        from gateway.audit.readiness import chain_ready
-
         return await chain_ready(self)
 
     async def _tick_loop(self) -> None:

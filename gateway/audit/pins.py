@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,3 +69,8 @@ def pin_key(path: Path, public: Ed25519PublicKey) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def pinner(path: Path) -> Callable[[Ed25519PublicKey], None]:
+    """A ``Pin`` for AuditSigner: pin each key it makes or loads in ``path``."""
+    return lambda public: pin_key(path, public)

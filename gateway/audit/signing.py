@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +15,9 @@ from sqlalchemy import select
 
 from gateway.db.audit import AuditSigningKey
 from gateway.db.session import Database
+
+#: records a public key outside the database (the pinned-keys file), before or when it signs
+Pin = Callable[[Ed25519PublicKey], None]
 
 _RAW = {"encoding": serialization.Encoding.Raw, "format": serialization.PublicFormat.Raw}
 
@@ -67,9 +70,10 @@ class AuditSigner:
         cls,
         db: Database,
         keyring,  # noqa: ANN001 (gateway.crypto.Keyring)
-        pin_file: Path | None = None,
+        pin: Pin | None = None,
     ) -> AuditSigner:
-        """The active signing key (a new one when there is none); its public key is pinned in ``pin_file``."""
+        """The active signing key (a new one when there is none); ``pin`` records its public key outside the
+        database (gateway.audit.pins.pinner) so that verify trusts it."""
         async with db.session() as s:
             row = (
                 await s.execute(
@@ -80,7 +84,7 @@ class AuditSigner:
                 )
             ).scalar_one_or_none()
         if row is None:
-            return await cls.create(db, keyring, pin_file)
+            return await cls.create(db, keyring, pin)
         raw = await keyring.adecrypt(
             row.private_key,
             table="audit_signing_keys",
@@ -89,23 +93,19 @@ class AuditSigner:
             purpose="signing",
         )
         signer = cls(row.key_id, Ed25519PrivateKey.from_private_bytes(raw))
-        if pin_file is not None:
+        if pin is not None:
             # it decrypted under the keyring, so the gateway made it: pin it if an older version did not
-            from gateway.audit.pins import pin_key
-
-            pin_key(pin_file, signer.public)
+            pin(signer.public)
         return signer
 
     @classmethod
-    async def create(cls, db: Database, keyring, pin_file: Path | None = None) -> AuditSigner:  # noqa: ANN001
+    async def create(cls, db: Database, keyring, pin: Pin | None = None) -> AuditSigner:  # noqa: ANN001
         """A new signing key; the newest active one signs, and older ones stay so their checkpoints still verify
         (no UPDATE: the gateway's database role may only INSERT signing keys)."""
         private = Ed25519PrivateKey.generate()
         kid = key_id_of(private.public_key())
-        if pin_file is not None:  # pinned before it can sign anything
-            from gateway.audit.pins import pin_key
-
-            pin_key(pin_file, private.public_key())
+        if pin is not None:  # pinned before it can sign anything
+            pin(private.public_key())
         raw = private.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )

@@ -220,13 +220,13 @@ def verify_export_cmd(file: Path, public_key: str | None) -> None:
 @audit.command("public-key")
 def public_key_cmd() -> None:
     """Print the audit signing public key (PEM) for offline verification."""
-    from gateway.audit.pins import keys_file_of
+    from gateway.audit.pins import keys_file_of, pinner
     from gateway.audit.signing import AuditSigner, public_pem
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> str:
         settings = settings_or_exit()
-        signer = await AuditSigner.load_or_create(db, await open_keyring(settings, db), keys_file_of(settings))
+        signer = await AuditSigner.load_or_create(db, await open_keyring(settings, db), pinner(keys_file_of(settings)))
         return public_pem(signer.public)
 
     click.echo(asyncio.run(with_db(go)), nl=False)
@@ -237,13 +237,13 @@ def rotate_key_cmd() -> None:
     """Make a new audit signing key (pinned first); gateways sign with it after their next start, and the old
     key stays pinned so its checkpoints still verify."""
     from gateway.audit.events import AuditEvent, Tag
-    from gateway.audit.pins import keys_file_of
+    from gateway.audit.pins import keys_file_of, pinner
     from gateway.audit.signing import AuditSigner
     from gateway.crypto import open_keyring
 
     async def go(db: Any) -> str:
         settings = settings_or_exit()
-        signer = await AuditSigner.create(db, await open_keyring(settings, db), keys_file_of(settings))
+        signer = await AuditSigner.create(db, await open_keyring(settings, db), pinner(keys_file_of(settings)))
         return signer.key_id
 
     key_id = asyncio.run(with_db(go))

@@ -24,7 +24,7 @@ async def _publish(name: str) -> None:
         return
     import redis.asyncio as aioredis
 
-    from gateway.authz.sync import CHANNEL
+    from gateway.changes import CHANNEL
 
     client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:

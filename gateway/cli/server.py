@@ -75,14 +75,14 @@ def migrate() -> None:
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs run at once.")
 def worker(queues: str, concurrency: int) -> None:
     """Run a Celery worker for datasets, training runs and batches."""
-    from trainer.celery_app import make_celery
+    from gateway.jobs import make_worker_app
 
     settings = settings_or_exit()
     if settings.is_sqlite:
         from gateway.db.migrate import upgrade
 
         upgrade(settings)
-    app = make_celery(settings)
+    app = make_worker_app(settings)
     app.worker_main(["worker", "--loglevel=INFO", f"--queues={queues}", f"--concurrency={concurrency}",
                      "--pool=prefork" if concurrency > 1 else "--pool=solo", "--without-gossip", "--without-mingle"])
 

@@ -42,7 +42,10 @@ _KNOWN_KEYS = {
     "owner",
     # keep prompts and completions of this model in the audit trail, encrypted (purpose "prompts")
     "retain_content",
+    # sampling a request leaves out: {temperature, top_p, max_tokens} (as a model's generation_config)
+    "defaults",
 }
+_DEFAULT_KEYS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "max_tokens": (1, 1_000_000)}
 
 
 class ModelsFileError(ValueError):
@@ -87,6 +90,13 @@ def validate_entry(spec: Any, where: str = "model entry") -> dict[str, Any]:
         mc = spec["max_concurrency"]
         if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
             raise ModelsFileError(f"{where}: 'max_concurrency' must be a positive integer")
+    defaults = spec.get("defaults", {})
+    if not isinstance(defaults, dict) or set(defaults) - set(_DEFAULT_KEYS):
+        raise ModelsFileError(f"{where}: 'defaults' may set only {', '.join(_DEFAULT_KEYS)}")
+    for k, v in defaults.items():
+        low, high = _DEFAULT_KEYS[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise ModelsFileError(f"{where}: defaults.{k} must be a number within {low}..{high}")
     key_env = spec.get("api_key_env")
     if key_env is not None and (
         not isinstance(key_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key_env)

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,11 +29,28 @@ from gateway.inference.router import Router
 from gateway.limits import Limiter, Reservation
 from gateway.limits.config import PRIORITY_LOW
 from gateway.metrics import TOKENS
-from gateway.models.catalog import ModelCatalog
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.inference")
 VERSION_HEADER = "X-Palisade-Model-Version"
+
+
+class ServedModel(Protocol):
+    """What the entry point needs of an alias (``gateway.models.catalog.ModelEntry``)."""
+
+    state: str  # loading | ready | failed
+    defaults: dict[str, Any]  # sampling defaults for what a request omits
+    version: str | None
+    retain_content: bool
+
+    def attributes(self) -> dict[str, Any]: ...
+
+
+class ModelDirectory(Protocol):
+    """Where the entry point looks an alias up (``gateway.models.catalog.ModelCatalog``): the model domain sits
+    above inference (it builds backends), so inference names only this."""
+
+    def get(self, alias: str) -> ServedModel | None: ...
 
 
 @dataclass(slots=True)
@@ -62,7 +79,7 @@ class Completed:
 
 class InferenceService:
     def __init__(
-        self, settings: Settings, router: Router, models: ModelCatalog, authz: Authorization, limiter: Limiter,
+        self, settings: Settings, router: Router, models: ModelDirectory, authz: Authorization, limiter: Limiter,
         audit: AuditTrail, keyring: Keyring,
     ) -> None:
         self.settings = settings

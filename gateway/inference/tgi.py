@@ -5,7 +5,8 @@ Prompt requests go to ``/generate`` and ``/generate_stream``; chat requests to T
 *total* timeout for a whole stream, and its chat-stream reader fails on ``data: [DONE]`` and on deltas without
 ``tool_calls`` (what current TGI sends). :class:`_TGIClient` therefore extends it: same configuration, same
 wire models (``Request``/``Parameters``/``ChatRequest``/``Response``/``StreamResponse``) and error parsing,
-plus those fields, split connect/read timeouts, a tolerant SSE reader and the ``x-prompt-tokens`` header.
+plus those fields, split connect/read timeouts, a tolerant SSE reader and the ``x-prompt-tokens`` header. The
+pooled session, timeouts, transport-error mapping and OpenAI shapes come from ``gateway.inference.upstream``.
 """
 
 from __future__ import annotations
@@ -35,20 +36,23 @@ from gateway.inference.base import (
     StreamDelta,
     Usage,
 )
+from gateway.inference.upstream import (
+    MAX_ERROR_CHARS,
+    PooledSession,
+    Timeouts,
+    chat_answer,
+    chat_chunk,
+    error_message,
+    finish_reason,
+    next_within,
+    transport_error,
+)
 
 log = logging.getLogger(__name__)
 
-_MAX_ERROR_CHARS = 500
-
-
-def _finish(reason: Any) -> FinishReason:
-    value = getattr(reason, "value", reason)
-    return "length" if value == "length" else "stop"
-
-
 def _map_tgi_error(exc: Exception, name: str) -> Exception:
     """A ``text_generation`` error → a backend error."""
-    msg = str(exc)[:_MAX_ERROR_CHARS]
+    msg = str(exc)[:MAX_ERROR_CHARS]
     if isinstance(exc, tgi_errors.ValidationError | tgi_errors.BadRequestError):
         return BackendInputError(msg)
     if isinstance(
@@ -60,60 +64,30 @@ def _map_tgi_error(exc: Exception, name: str) -> Exception:
     return BackendError(f"TGI endpoint {name} failed: {msg}")
 
 
-def _map_transport_error(exc: BaseException, name: str, *, started: bool) -> BackendError:
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return BackendTimeout(f"TGI endpoint {name} timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError) and not started:
-        return BackendConnectError(f"cannot connect to TGI endpoint {name}")
-    return BackendError(f"TGI endpoint {name}: connection failed ({type(exc).__name__})")
-
-
 class _TGIClient(AsyncClient):
     """``text_generation.AsyncClient`` plus what 0.7 lacks (see the module docstring)."""
 
-    def __init__(
-        self, base_url: str, *, headers: dict[str, str] | None, connect_s: float, read_s: float
-    ) -> None:
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None, timeouts: Timeouts) -> None:
         super().__init__(base_url.rstrip("/"), headers=headers)
-        # connect bound + time-to-next-byte bound; no total bound (a long stream is fine while it moves)
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_s, sock_connect=connect_s, sock_read=read_s
-        )
-
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        # one pooled session per client and event loop (0.7 opens a new connection for every request)
+        self.http = PooledSession(headers=dict(self.headers or {}), timeouts=timeouts)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
-        """One pooled session per client and event loop (0.7 opens a new connection for every request).
-
-        A response left unfinished (stream closed early) closes its connection rather than returning it."""
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            self._session = aiohttp.ClientSession(
-                headers=self.headers,
-                cookies=self.cookies,
-                timeout=self.timeout,
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-            )
-            self._session_loop = loop
-        yield self._session
+        yield self.http.get()
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-        self._session = None
+        await self.http.close()
 
     @staticmethod
     def _raise_for(status: int, payload: Any) -> None:
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             raise tgi_errors.parse_error(status, payload)  # TGI's own {"error", "error_type"}
-        message = _openai_message(payload)  # the Messages API of some versions answers OpenAI's shape
-        if message is None:
+        message = error_message(payload)  # the Messages API of some versions answers OpenAI's shape
+        if not message:
             raise BackendError(f"upstream answered garbage (HTTP {status})")
         if status in (400, 413, 422):
-            raise BackendInputError(message[:_MAX_ERROR_CHARS])
+            raise BackendInputError(message[:MAX_ERROR_CHARS])
         raise BackendError(f"TGI endpoint failed (HTTP {status}): {message[:200]}")
 
     async def generate_ex(self, body: dict[str, Any]) -> tuple[Response, int | None]:
@@ -164,14 +138,6 @@ async def _json_body(resp: aiohttp.ClientResponse) -> Any:
         return None
 
 
-def _openai_message(payload: Any) -> str | None:
-    if not isinstance(payload, dict):
-        return None
-    err = payload.get("error")
-    msg = err.get("message") if isinstance(err, dict) else payload.get("message")
-    return str(msg) if msg else None
-
-
 def _int_header(resp: aiohttp.ClientResponse, name: str) -> int | None:
     try:
         return int(resp.headers[name])
@@ -196,17 +162,11 @@ class TGIBackend(Backend):
     ) -> None:
         self.url = url.rstrip("/")
         self.name = name or self.url
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.stream_idle_timeout_s = stream_idle_timeout_s
-        self.health_timeout_s = health_timeout_s or max(1.0, connect_timeout_s)
+        self.what = f"TGI endpoint {self.name}"
+        self.timeouts = Timeouts(connect_timeout_s, read_timeout_s, stream_idle_timeout_s, health_timeout_s)
         self.context_length = context_length
-        self._client = _TGIClient(
-            self.url,
-            headers=headers,
-            connect_s=connect_timeout_s,
-            read_s=max(read_timeout_s, stream_idle_timeout_s),
-        )
+        self._client = _TGIClient(self.url, headers=headers, timeouts=self.timeouts)
+        self.http = self._client.http
 
     # ------------------------------------------------------------- requests
     def _generate_body(self, req: GenerationRequest, *, stream: bool) -> dict[str, Any]:
@@ -256,7 +216,7 @@ class TGIBackend(Backend):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         try:
-            async with asyncio.timeout(self.read_timeout_s + self.connect_timeout_s):
+            async with asyncio.timeout(self.timeouts.first_byte):
                 if request.messages is not None:
                     return await self._chat_generate(request)
                 resp, prompt_tokens = await self._client.generate_ex(
@@ -271,7 +231,7 @@ class TGIBackend(Backend):
             completion_tokens=resp.details.generated_tokens,
         )
         return GenerationResult(
-            text=resp.generated_text, finish_reason=_finish(resp.details.finish_reason), usage=usage
+            text=resp.generated_text, finish_reason=finish_reason(resp.details.finish_reason), usage=usage
         )
 
     async def _chat_generate(self, request: GenerationRequest) -> GenerationResult:
@@ -284,16 +244,9 @@ class TGIBackend(Backend):
             payload = await _json_body(resp)
             if resp.status != 200:
                 self._client._raise_for(resp.status, payload)
-        try:
-            choice = payload["choices"][0]
-            text = choice["message"].get("content") or ""
-            reason = choice.get("finish_reason")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise BackendError("upstream answered garbage (unexpected chat response)") from None
-        usage = _usage(payload.get("usage")) or Usage(
-            self.count_prompt_tokens(request), max(1, len(text) // 4)
-        )
-        return GenerationResult(text=text, finish_reason=_finish(reason), usage=usage)
+        text, reason, usage = chat_answer(payload, self.what)
+        usage = usage or Usage(self.count_prompt_tokens(request), max(1, len(text) // 4))
+        return GenerationResult(text=text, finish_reason=finish_reason(reason), usage=usage)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         chat = request.messages is not None
@@ -313,12 +266,8 @@ class TGIBackend(Backend):
         usage: Usage | None = None
         try:
             while True:
-                timeout = (
-                    self.stream_idle_timeout_s if started else self.read_timeout_s + self.connect_timeout_s
-                )
                 try:
-                    async with asyncio.timeout(timeout):
-                        event = await anext(events)
+                    event = await next_within(events, self.timeouts.idle_s if started else self.timeouts.first_byte)
                 except StopAsyncIteration:
                     break
                 except (BackendError, BackendInputError):
@@ -327,7 +276,7 @@ class TGIBackend(Backend):
                     raise self._map(exc, started=started) from exc
                 started = True
                 if chat:
-                    text, reason, ev_usage = _parse_chat_chunk(event)
+                    text, reason, ev_usage = chat_chunk(event, self.what)
                     if ev_usage is not None:
                         usage = ev_usage
                 else:
@@ -338,14 +287,14 @@ class TGIBackend(Backend):
                             completion_tokens=generated,
                         )
                 if reason is not None:
-                    finish = _finish(reason)
+                    finish = finish_reason(reason)
                 if text:
                     completion += 1
                     yield StreamDelta(text=text)
         finally:
             await events.aclose()  # closes the HTTP response: TGI stops generating for a gone client
         if finish is None:
-            raise BackendError(f"TGI endpoint {self.name} ended the stream without finishing")
+            raise BackendError(f"{self.what} ended the stream without finishing")
         if usage is None:
             usage = Usage(
                 prompt_tokens=prompt_tokens[0] or self.count_prompt_tokens(request),
@@ -358,12 +307,7 @@ class TGIBackend(Backend):
 
     async def health(self) -> bool:
         try:
-            async with (
-                asyncio.timeout(self.health_timeout_s),
-                self._client.session() as session,
-                session.get(f"{self.url}/health") as resp,
-            ):
-                return resp.status == 200
+            return await self.http.status_of(f"{self.url}/health") == 200
         except Exception:
             return False
 
@@ -383,23 +327,11 @@ class TGIBackend(Backend):
         ):
             return _map_tgi_error(exc, self.name)
         if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | TimeoutError | OSError):
-            return _map_transport_error(exc, self.name, started=started)
+            return transport_error(exc, self.what, started=started)
         if isinstance(exc, ValueError | KeyError | TypeError | pydantic.ValidationError):
             return BackendError(f"upstream answered garbage ({type(exc).__name__})")
         log.exception("unexpected error from TGI endpoint %s", self.name)
         return BackendError(f"TGI endpoint {self.name} failed")
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return Usage(
-            prompt_tokens=int(raw.get("prompt_tokens") or 0),
-            completion_tokens=int(raw.get("completion_tokens") or 0),
-        )
-    except (TypeError, ValueError):
-        return None
 
 
 def _parse_generate_event(event: dict) -> tuple[str, Any, int | None]:
@@ -411,18 +343,3 @@ def _parse_generate_event(event: dict) -> tuple[str, Any, int | None]:
     if resp.details is None:
         return text, None, None
     return text, resp.details.finish_reason, resp.details.generated_tokens
-
-
-def _parse_chat_chunk(event: dict) -> tuple[str, Any, Usage | None]:
-    choices = event.get("choices")
-    if not isinstance(choices, list):
-        raise BackendError("upstream answered garbage (unexpected chat chunk)")
-    usage = _usage(event.get("usage"))
-    if not choices:
-        return "", None, usage
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        raise BackendError("upstream answered garbage (unexpected chat chunk)")
-    delta = choice.get("delta") or {}
-    text = delta.get("content") or "" if isinstance(delta, dict) else ""
-    return text, choice.get("finish_reason"), usage

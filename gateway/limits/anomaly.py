@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authz.attributes import environment
-from gateway.authz.sync import ChangeFeed
+from gateway.changes import ChangeFeed
 from gateway.db.base import utcnow
 from gateway.db.policy import UsageBaseline
 from gateway.db.session import Database

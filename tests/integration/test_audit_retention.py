@@ -13,7 +13,7 @@ import pytest
 
 from gateway.audit.chain import AuditChain
 from gateway.audit.events import AuditEvent, Tag
-from gateway.audit.retention import PRUNE_LOCK
+from gateway.audit.retention import PRUNE_LOCK, start_scheduled_prune
 from gateway.audit.verify import verify_trail
 from gateway.crypto import open_keyring
 from gateway.db.base import utcnow
@@ -54,6 +54,7 @@ def test_scheduled_prune_takes_the_lock_and_keeps_the_trail_verifiable(pg_db: st
     async def run() -> None:
         db = Database(settings)
         chain = await AuditChain.open(settings, db, await open_keyring(settings, db))
+        chain.adopt(start_scheduled_prune(chain))  # as the composition root does
         try:
             with psycopg.connect(pg_db, autocommit=True) as other:  # another process is pruning right now
                 assert other.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK,)).fetchone()[0]

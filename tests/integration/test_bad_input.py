@@ -39,6 +39,8 @@ CASES = [
     ("temperature out of range", CHAT, {"model": "tiny", "messages": MSG, "temperature": 7}, 400, "temperature"),
     ("unsupported n", CHAT, {"model": "tiny", "messages": MSG, "n": 3}, 400, "n=1"),
     ("unsupported tools", CHAT, {"model": "tiny", "messages": MSG, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("null user content", CHAT, {"model": "tiny", "messages": [{"role": "user", "content": None}]}, 400,
+     "messages[0].content"),
     ("unknown field", CHAT, {"model": "tiny", "messages": MSG, "frobnicate": 1}, 400, "frobnicate"),
     ("too many stops", CHAT, {"model": "tiny", "messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("unicode edge cases", CHAT,

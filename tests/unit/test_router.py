@@ -323,10 +323,10 @@ async def test_hot_swap_lets_inflight_finish(settings: Settings) -> None:
             assert new.stats.requests == 1
             assert (await running).text == "Echo: one two three four"
             for _ in range(50):
-                if old_backend._client is None:
+                if not old_backend.http.open:
                     break
                 await asyncio.sleep(0.02)
-            assert old_backend._client is None  # drained, then closed
+            assert not old_backend.http.open  # drained, then closed
             router.remove_route("m")
             assert not router.has("m")
         finally:
@@ -347,7 +347,7 @@ def test_load_models_file(tmp_path: Path, settings: Settings, monkeypatch: pytes
     monkeypatch.setenv("UP_KEY", "k-123")
     (o,) = build_backends(entries[0], settings)
     assert isinstance(o, OpenAIBackend) and o.upstream_model == "gpt-x"
-    assert o._headers["Authorization"] == "Bearer k-123"
+    assert o.http.headers["Authorization"] == "Bearer k-123"
     tgis = build_backends(entries[1], settings)
     assert [type(b) for b in tgis] == [TGIBackend, TGIBackend] and [b.name for b in tgis] == [
         "big/0",

@@ -1,0 +1,65 @@
+"""``palisade serve`` starts and stops like a service, and the README's first request gets a sensible answer."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import ROOT, GatewayProcess, base_env, create_key
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_during_model_load_exits_within_5s(tmp_path: Path):
+    env = base_env(tmp_path)  # the built-in model: its GGUF takes many seconds to load
+    gw = GatewayProcess(env, tmp_path / "serve.log").start(ready=False)
+    try:
+        r = httpx.get(gw.url + "/readyz", timeout=5)
+        assert r.status_code == 503
+        assert r.json()["checks"]["models"]["loading"] == ["chat"]
+        # a request for the loading alias is told so, not hung
+        key = create_key(env, "early", "chat")
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
+        assert r.headers["retry-after"]
+        assert gw.proc is not None
+        started = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        gw.proc.wait(timeout=15)
+        assert time.monotonic() - started < 5.0, gw.log()[-2000:]
+    finally:
+        gw.stop()
+
+
+def _readme_curl() -> str:
+    block = re.search(r"```bash\nKEY=pal_\.\.\..*?\n(curl .*?)\n```", README, re.S)
+    assert block, "the README's first curl moved; keep this test pointing at it"
+    return block.group(1)
+
+
+@pytest.mark.slow
+def test_readme_first_request_answers_paris(tmp_path: Path):
+    env = base_env(tmp_path)
+    gw = GatewayProcess(env, tmp_path / "serve.log").start(timeout=300)
+    try:
+        key = create_key(env, "demo-app", "chat")
+        command = _readme_curl().replace("localhost:8000", f"127.0.0.1:{gw.port}")
+        out = subprocess.run(["bash", "-c", command], env={**env, "KEY": key}, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        import json
+
+        body = json.loads(out.stdout)
+        answer = body["choices"][0]["message"]["content"]
+        assert "Paris" in answer, answer
+        assert body["choices"][0]["finish_reason"] == "stop"  # it ends by itself, not at the length cap
+    finally:
+        gw.stop()
