@@ -28,10 +28,12 @@ run: install
 
 ## test: the whole suite (starts nothing itself; Postgres and Redis are expected on 127.0.0.1)
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q tests
 
 lint: install
 	$(BIN)/ruff check gateway trainer tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.gateway_overhead
