@@ -46,6 +46,7 @@ def _readme_curl() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # loads the built-in model (tens of seconds; minutes on a busy machine)
 def test_readme_first_request_answers_paris(tmp_path: Path):
     env = base_env(tmp_path)
     gw = GatewayProcess(env, tmp_path / "serve.log").start(timeout=300)
