@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def startup(app: Litestar) -> None:
         handle.set(await build_services(settings))
+        app.state.services = handle()  # for in-process tests and embedding (``services_of(app)``)
         # everything built at start (torch, transformers, policies) lives for the whole process: move it out of
         # the collector's generations so full collections stay short on the request path
         gc.collect()
@@ -112,6 +113,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
         logging_config=None,  # configure_logging owns logging: JSON lines for every logger
     )
+
+
+def services_of(app: Litestar) -> Services:
+    """The services of a started app (tests and embedding; handlers get them injected)."""
+    return app.state.services
 
 
 def _context_dependency(request: Request) -> RequestContext:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from gateway.app import services_of
 from gateway.audit.events import Tag
 from gateway.authn.signing import rotate_signing_keys
 from gateway.db.audit import AuditRecord
@@ -51,7 +52,7 @@ async def fresh(gw):
 
 
 async def new_client(app, **kw):
-    return await app.state.services.identity.clients.create(kw.pop("name", "app"), **kw)
+    return await services_of(app).identity.clients.create(kw.pop("name", "app"), **kw)
 
 
 async def token_for(client, new) -> str:
@@ -68,7 +69,7 @@ def header_of(token: str) -> dict:
 
 
 async def audit_tags(app, since_seq: int = 0) -> list[AuditRecord]:
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         return list(
             (
                 await s.execute(
@@ -164,7 +165,7 @@ async def test_token_endpoint_refusals_use_the_error_shape(gw):
         ),
         (400, 401),
     )
-    await app.state.services.identity.clients.disable(new.client_id)
+    await services_of(app).identity.clients.disable(new.client_id)
     assert_error_shape(
         await client.post(
             "/oauth/token", data={"grant_type": "client_credentials"}, auth=(new.client_id, new.client_secret)
@@ -195,7 +196,7 @@ async def test_bad_bearer_values_are_401_never_500(gw):
 
 async def test_signing_key_rotation_publish_then_sign_then_retire(gw):
     client, app = gw
-    ident = app.state.services.identity
+    ident = services_of(app).identity
     new = await new_client(app)
     old_token = await token_for(client, new)
     published_before = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
@@ -253,7 +254,7 @@ async def test_password_alone_reaches_nothing_and_session_id_changes_at_login(gw
     flags = session_cookie.lower()
     assert "httponly" in flags and "secure" in flags and "samesite=strict" in flags and "path=/" in flags
     assert (await client.get("/auth/session")).json()["name"] == p.username
-    async with app.state.services.db.session() as s:  # only the hash of the cookie is stored
+    async with services_of(app).db.session() as s:  # only the hash of the cookie is stored
         ids = list((await s.execute(select(UserSession.id).where(UserSession.user_id == p.id))).scalars())
     assert value not in ids and len(ids) == 1
 
@@ -287,17 +288,17 @@ async def test_lockout_after_100_consecutive_failures(gw, fresh):
     await client.post("/auth/login", json={"username": p.username, "password": p.password})
     for _ in range(99):
         assert (await client.post("/auth/login/totp", json={"code": "000000"})).status_code == 401
-    user = await app.state.services.identity.users.get(p.id)
+    user = await services_of(app).identity.users.get(p.id)
     assert user.failed_attempts == 99 and user.locked_at is None
     assert (await client.post("/auth/login/totp", json={"code": "000000"})).status_code == 401
-    user = await app.state.services.identity.users.get(p.id)
+    user = await services_of(app).identity.users.get(p.id)
     assert user.failed_attempts == 100 and user.locked_at is not None
     # the right password and the right code no longer help, and the message is the same as ever
     r = await client.post("/auth/login", json={"username": p.username, "password": p.password})
     assert assert_error_shape(r, 401)["message"] == "invalid credentials"
     tags = [r.tag for r in await audit_tags(app, seq)]
     assert tags.count("authn:account:locked") == 1 and tags.count("authn:login:failure") >= 100
-    await app.state.services.identity.users.unlock(p.id)
+    await services_of(app).identity.users.unlock(p.id)
     assert (
         await client.post("/auth/login", json={"username": p.username, "password": p.password})
     ).status_code == 200
@@ -308,9 +309,9 @@ async def test_success_resets_the_failure_counter(gw, fresh):
     p = await make_person(app, "viewer")
     await client.post("/auth/login", json={"username": "x" + p.username, "password": p.password})
     await client.post("/auth/login", json={"username": p.username, "password": "wrong password here"})
-    assert (await app.state.services.identity.users.get(p.id)).failed_attempts == 1
+    assert (await services_of(app).identity.users.get(p.id)).failed_attempts == 1
     await login(client, p)
-    assert (await app.state.services.identity.users.get(p.id)).failed_attempts == 0
+    assert (await services_of(app).identity.users.get(p.id)).failed_attempts == 0
 
 
 async def test_recovery_codes_are_single_use(gw, fresh):
@@ -331,7 +332,7 @@ async def test_step_up_guard_and_admin_api(gw, fresh):
     h = {"X-CSRF-Token": csrf}
     r = await client.post("/admin/keys", json={"name": "svc", "models": ["mock"]}, headers=h)
     assert r.status_code == 201 and r.json()["key"].startswith("pal_")
-    async with app.state.services.db.session() as s:  # the session's MFA is now 6 minutes old
+    async with services_of(app).db.session() as s:  # the session's MFA is now 6 minutes old
         await s.execute(
             update(UserSession)
             .where(UserSession.user_id == admin.id)
@@ -414,7 +415,7 @@ async def test_logout_everywhere_and_disabling_end_all_sessions(gw, fresh):
     q = await make_person(app, "viewer")
     await login(client, q)
     assert (await client.get("/auth/session")).status_code == 200
-    await app.state.services.identity.users.set_disabled(q.id, True)
+    await services_of(app).identity.users.set_disabled(q.id, True)
     assert_error_shape(await client.get("/auth/session"), 401)
 
 
@@ -422,7 +423,7 @@ async def test_idle_and_absolute_timeouts(gw, fresh):
     client, app = fresh
     p = await make_person(app, "viewer")
     await login(client, p)
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         await s.execute(
             update(UserSession)
             .where(UserSession.user_id == p.id)
@@ -430,7 +431,7 @@ async def test_idle_and_absolute_timeouts(gw, fresh):
         )
     assert_error_shape(await client.get("/auth/session"), 401)
     await login(client, p)
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         await s.execute(
             update(UserSession)
             .where(UserSession.user_id == p.id)
@@ -458,10 +459,10 @@ async def test_changing_mfa_needs_password_and_fresh_mfa(gw, fresh):
     assert_error_shape(await client.post("/auth/mfa/totp/confirm", json={"code": "000000"}, headers=h), 400)
     ok = await client.post("/auth/mfa/totp/confirm", json={"code": totp.code_at(new_seed)}, headers=h)
     assert ok.status_code == 200
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         user = await s.get(User, p.id)
         assert new_seed.encode() not in user.totp_seed_enc  # encrypted at rest
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         await s.execute(
             update(UserSession)
             .where(UserSession.user_id == p.id)
@@ -543,7 +544,7 @@ async def test_disabling_or_deleting_a_client_ends_its_issued_tokens_at_once(gw,
     assert (await client.get("/v1/models", headers=bearer(tokens[3]))).status_code == 200  # others unaffected
 
     # the CLI, another process: only the revocation marker file reaches this one (embedded mode, no Redis)
-    settings = app.state.services.identity.settings
+    settings = services_of(app).identity.settings
     env = base_env(
         settings.data_dir, PALISADE_DATABASE_URL=settings.database_url, PALISADE_MODELS_FILE=str(settings.models_file)
     )
@@ -569,7 +570,7 @@ async def test_disabling_or_deleting_a_client_ends_its_issued_tokens_at_once(gw,
 async def test_inference_audit_records_name_how_each_request_authenticated(gw):
     client, app = gw
     token = await token_for(client, await new_client(app, name="audited", models=["mock"]))
-    key = await app.state.services.keys.create("audited-key", models=["mock"])
+    key = await services_of(app).keys.create("audited-key", models=["mock"])
     seq = await last_seq(app)
     request_ids = []
     for credential in (token, key.key):

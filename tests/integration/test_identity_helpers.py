@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from litestar import Litestar
 
-from gateway.app import create_app
+from gateway.app import create_app, services_of
 from gateway.authn import totp
 from gateway.db.migrate import upgrade
 from gateway.settings import Settings, normalise_db_url
@@ -98,7 +98,7 @@ _counter = [0]
 async def make_person(app: Litestar, *roles: str, username: str | None = None, **attributes: Any) -> Person:
     _counter[0] += 1
     name = username or f"person{_counter[0]}_{int(time.time() * 1000) % 100000}"
-    enrol = await app.state.services.identity.users.create(
+    enrol = await services_of(app).identity.users.create(
         name, PASSWORD, roles=list(roles or ("viewer",)), attributes=attributes
     )
     return Person(enrol.user_id, name, seed_of(enrol.otpauth_uri), enrol.recovery_codes)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from gateway.app import services_of
 from gateway.audit.events import Tag
 from gateway.db.audit import AuditRecord
 from gateway.db.identity import WebAuthnCredential
@@ -66,7 +67,7 @@ async def password_step(client: httpx.AsyncClient, person) -> dict:
 
 
 async def stored_count(app, credential_id: bytes) -> int:
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         row = (
             await s.execute(select(WebAuthnCredential).where(WebAuthnCredential.credential_id == b64url(credential_id)))
         ).scalar_one()
@@ -131,7 +132,7 @@ async def test_enrol_log_out_and_log_in_with_a_security_key(gw):
         assert r.status_code == 200 and r.json() == {"mfa": "fresh", "method": "webauthn"}, r.text
         assert await stored_count(app, key.credential_id) == 2
 
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         records = list((await s.execute(select(AuditRecord).where(AuditRecord.actor == f"user:{person.id}"))).scalars())
     seen = [(r.tag, json.loads(r.details)) for r in records]
     assert sum(tag == Tag.MFA_ENROL and d.get("factor") == "webauthn" for tag, d in seen) == 1, seen
@@ -203,4 +204,4 @@ async def test_attestation_for_another_relying_party_is_refused(gw):
             ),
             400,
         )
-    assert await app.state.services.identity.users.webauthn_credentials(person.id) == []
+    assert await services_of(app).identity.users.webauthn_credentials(person.id) == []
