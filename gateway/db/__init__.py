@@ -6,8 +6,8 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
     keyring,
     keys,
     policy,  # noqa: F401,E402  (register authorization + limits tables)
+    registry,  # noqa: F401  (model registry: models, versions, aliases, alias history)
 )
-from gateway.models import models as _model_registry  # noqa: F401,E402  (register model registry tables)
 from gateway.db.base import Base
 
 __all__ = ["Base"]

@@ -1,49 +1,39 @@
-"""Backends from the models file (``PALISADE_MODELS_FILE``), or the built-in embedded ``chat`` alias.
+"""Backends from a model spec: the endpoints that serve one alias (not started).
 
-One entry::
-
-    {alias: mock-gpt, backend: openai, url: "http://127.0.0.1:18080/v1", upstream_model: gpt-x,
-     max_concurrency: 64, api_key_env: VLLM_KEY}
-    {alias: big, backend: tgi, urls: ["http://tgi-a:80", "http://tgi-b:80"]}
-    {alias: chat, backend: embedded, model: builtin:smollm2, gguf_file: null}
-
-Upstream keys never live in the file: ``api_key_env`` names the environment variable that holds one.
+The spec is the model domain's ``ModelSpec`` (``gateway.models.spec``); inference only reads the fields below
+(a :class:`BackendSpec`), so the model domain can sit above it. Upstream keys never live in a spec:
+``api_key_env`` names the environment variable that holds one.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from gateway.inference.base import Backend
-from gateway.models.spec import BACKENDS, ModelsFileError, ModelSpec, parse_spec
-from gateway.models.spec import load_models_file as _load_specs
 from gateway.settings import Settings
 
-__all__ = ["BACKENDS", "ModelsFileError", "build_backends", "default_models", "load_models_file"]
 
-def load_models_file(path: str | Path) -> list[dict[str, Any]]:
-    """The models file as plain dicts (callers not yet on :class:`ModelSpec`)."""
-    return [s.to_dict() for s in _load_specs(path)]
+class ModelsFileError(ValueError):
+    """A model spec cannot be served as written; the message names the entry and the problem."""
 
 
-def validate_entry(spec: Any, where: str = "model entry") -> dict[str, Any]:
-    return parse_spec(spec, where).to_dict()
+class BackendSpec(Protocol):
+    alias: str
+    backend: str
+    model: str | None
+    gguf_file: str | None
+    adapter: str | None
+    upstream_model: str | None
+    api_key_env: str | None
+    device: str | None
+    max_batch: int | None
+    context_length: int | None
+
+    def endpoint_urls(self) -> list[str]: ...
 
 
-def default_models(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        {
-            "alias": "chat",
-            "backend": "embedded",
-            "model": settings.embedded_model,
-            "gguf_file": settings.embedded_gguf_file,
-        }
-    ]
-
-
-def _api_key(spec: ModelSpec) -> str | None:
+def _api_key(spec: BackendSpec) -> str | None:
     env = spec.api_key_env
     if not env:
         return None
@@ -53,10 +43,8 @@ def _api_key(spec: ModelSpec) -> str | None:
     return value
 
 
-def build_backends(spec: ModelSpec | dict[str, Any], settings: Settings, *, name: str | None = None) -> list[Backend]:
+def build_backends(spec: BackendSpec, settings: Settings, *, name: str | None = None) -> list[Backend]:
     """The endpoints that serve ``spec`` (not started). ``name`` prefixes endpoint names (default: the alias)."""
-    if not isinstance(spec, ModelSpec):
-        spec = parse_spec(spec)
     prefix = name or spec.alias
     timeouts = {
         "connect_timeout_s": settings.connect_timeout_s,

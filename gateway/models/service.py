@@ -29,10 +29,10 @@ from sqlalchemy import func, select
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authn.stepup import STEP_UP_WINDOW
 from gateway.db.base import utcnow
+from gateway.db.registry import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
 from gateway.db.session import Database
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.models import artifacts
-from gateway.models.models import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
 from gateway.models.spec import ALIAS_RE, ModelSpec, parse_spec
 from gateway.models.views import (
     AliasOut,
@@ -481,7 +481,8 @@ class Registry:
             spec = serving_spec(r.name.removesuffix(CANARY), v, versions.get(v.base_version_id) if v and
                                 v.base_version_id else None, m) if v is not None else None
             out.append(AliasState(name=r.name, version_id=r.version_id, generation=r.generation, spec=spec,
-                                  percent=r.percent or 0.0, principals=tuple(r.principals or ())))
+                                  source=v.source if v is not None else None, percent=r.percent or 0.0,
+                                  principals=tuple(r.principals or ())))
         return sorted(out, key=lambda a: a.name)
 
 

@@ -24,6 +24,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from gateway.inference.factory import ModelsFileError
+
+__all__ = ["BACKENDS", "ModelSpec", "ModelsFileError", "SamplingDefaults", "load_models_file", "parse_spec"]
 Backend = Literal["embedded", "tgi", "openai"]
 BACKENDS: tuple[str, ...] = ("embedded", "tgi", "openai")
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -32,20 +35,17 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class ModelsFileError(ValueError):
-    """The models file (or one spec) is malformed; the message names the entry and the problem."""
+#: sampling a request may leave out, and the range a default may take
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
+                                                   "max_tokens": (1, 1_000_000)}
 
 
 class SamplingDefaults(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Sampling parameters a request leaves out come from here (as vLLM uses a model's ``generation_config``)."""
 
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    max_tokens: PositiveInt | None = None
-    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -119,6 +119,13 @@ def parse_spec(entry: Any, where: str = "model entry") -> ModelSpec:
         raise ModelsFileError(
             f"{where}: unknown backend {entry.get('backend')!r} (use one of {', '.join(BACKENDS)})"
         )
+    defaults = entry.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - set(DEFAULT_RANGES):
+        raise ModelsFileError(f"{where}: 'defaults' may set only {', '.join(DEFAULT_RANGES)}")
+    for k, v in defaults.items():
+        low, high = DEFAULT_RANGES[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise ModelsFileError(f"{where}: defaults.{k} must be a number within {low}..{high}")
     try:
         return msgspec.convert(entry, ModelSpec, strict=True)
     except msgspec.ValidationError as exc:
@@ -158,13 +165,14 @@ def load_models_file(path: str | Path) -> list[ModelSpec]:
     return parse_models(data, str(path))
 
 
-#: the built-in model's recommended sampling (SmolLM2's card); an omitted temperature of 1.0 makes a 135M model
-#: ramble, and an omitted length made the README's first curl run for 20 s
-BUILTIN_DEFAULTS = SamplingDefaults(temperature=0.2, top_p=0.9, max_tokens=256)
-
-
 def default_specs(embedded_model: str, gguf_file: str | None) -> list[ModelSpec]:
-    """Without a models file: the alias ``chat`` on the embedded backend."""
-    defaults = BUILTIN_DEFAULTS if embedded_model.startswith("builtin:") else None
-    return [ModelSpec(alias="chat", backend="embedded", model=embedded_model, gguf_file=gguf_file,
-                      defaults=defaults)]
+    """Without a models file: the alias ``chat`` on the embedded backend (its sampling defaults come from the
+    model: see ``gateway.models.catalog.sampling_defaults``)."""
+    return [ModelSpec(alias="chat", backend="embedded", model=embedded_model, gguf_file=gguf_file)]
+
+
+def model_specs(settings: Any) -> list[ModelSpec]:
+    """The models file's entries (``PALISADE_MODELS_FILE``), or the built-in ``chat`` alias."""
+    if settings.models_file:
+        return load_models_file(settings.models_file)
+    return default_specs(settings.embedded_model, settings.embedded_gguf_file)

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.models.models import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
+from gateway.db.registry import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
 from gateway.models.spec import ModelSpec
 
 
@@ -74,6 +74,8 @@ class AliasState(msgspec.Struct, frozen=True, kw_only=True):
     version_id: str | None
     generation: int
     spec: ModelSpec | None
+    #: where the version came from ("models-file", "import", "run")
+    source: str | None = None
     percent: float = 0.0
     principals: tuple[str, ...] = ()
 

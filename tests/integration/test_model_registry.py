@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from gateway.audit.chain import AuditChain
 from gateway.audit.events import Tag
-from gateway.authn.principal import Principal
+from gateway.context import Principal
 from gateway.crypto import open_keyring
 from gateway.db.audit import AuditRecord
 from gateway.db.base import utcnow
@@ -31,9 +31,9 @@ from gateway.errors import BadRequest, Conflict, Forbidden
 from gateway.inference.base import GenerationRequest, SamplingParams
 from gateway.inference.router import Router
 from gateway.models import artifacts
+from gateway.models.catalog import ModelCatalog
 from gateway.models.service import Registry, system_context
 from gateway.models.spec import ModelSpec
-from gateway.models.sync import ModelSync
 from gateway.settings import Settings
 from tests.support.tiny_model import make_tiny_model
 
@@ -66,14 +66,15 @@ def imports(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def env(tmp_path: Path, imports: Path):
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}", embedded_device="cpu",
-                        embedded_max_batch=4)
+                        embedded_max_batch=4, model_import_dirs=str(imports))
     await asyncio.to_thread(upgrade, settings)
     db = Database(settings)
     chain = await AuditChain.open(settings, db, await open_keyring(settings, db))
     signer = Ed25519PrivateKey.generate()
-    registry = Registry(db, chain, import_roots=[imports], trusted_keys={"trainer": signer.public_key()})
     router = Router(settings)
-    sync = ModelSync(registry, router, settings, chain)
+    sync = ModelCatalog(settings, db, router, chain)
+    registry = sync.registry
+    registry.trusted_keys = {"trainer": signer.public_key()}
     try:
         yield settings, db, registry, router, sync, signer, imports
     finally:
@@ -175,12 +176,21 @@ async def test_signed_versions_verify_and_a_bad_signature_is_refused(env) -> Non
                                         key_id="trainer")
 
 
-async def _serve_first(registry: Registry, sync: ModelSync, router: Router, imports: Path) -> str:
+async def _serve_first(registry: Registry, sync: ModelCatalog, router: Router, imports: Path) -> str:
     v = await registry.import_model(person("ivan"), "tiny", path=imports / "a")
     await registry.promote(person("alice"), "chat", v.id)
-    await sync.load_initial()
+    await sync.seed([])
     await router.start()
+    sync.start_loading()
+    await sync.wait_loaded()
+    assert sync.get("chat").state == "ready"
     return v.id
+
+
+async def settle(catalog: ModelCatalog) -> None:
+    """Wait for the loads and swaps a refresh started, then refresh once more (canary rules follow loads)."""
+    await asyncio.gather(*catalog._swaps.values(), *catalog._loads.values(), return_exceptions=True)
+    await catalog.refresh()
 
 
 async def ask(router: Router, alias: str = "chat") -> str | None:
@@ -210,7 +220,7 @@ async def test_tampered_artifact_refused_and_old_version_keeps_serving(env, tmp_
     await registry.promote(person("alice"), "chat", v3.id)
     (copy3 / "config.json").write_text((copy3 / "config.json").read_text().replace("64", "65", 1))
     await sync.refresh()
-    await asyncio.gather(*sync._swaps.values())
+    await settle(sync)
     assert await ask(router) == first
     rejected = [d for t, d in await tags(db) if t == Tag.MODEL_ARTIFACT_REJECTED]
     assert {d.get("where") for d in rejected} >= {"approval", "load"}
@@ -228,7 +238,7 @@ async def test_failed_load_keeps_old_then_swap_frees_and_canary_split(env, tmp_p
     bad = await registry.import_model(person("ivan"), "tiny", path=broken)
     await registry.promote(person("alice"), "chat", bad.id)
     await sync.refresh()
-    await asyncio.gather(*sync._swaps.values())
+    await settle(sync)
     assert await ask(router) == first
     assert any(t == Tag.MODEL_SWAP_FAILED for t, _ in await tags(db))
 
@@ -238,7 +248,7 @@ async def test_failed_load_keeps_old_then_swap_frees_and_canary_split(env, tmp_p
     old_backend = router._pools["chat"].endpoints[0].backend
     running = [asyncio.create_task(ask(router)) for _ in range(4)]
     await sync.refresh()
-    await asyncio.gather(*sync._swaps.values())
+    await settle(sync)
     answered = await asyncio.gather(*running)
     assert set(answered) <= {first, good.id}
     assert await ask(router) == good.id
@@ -251,7 +261,7 @@ async def test_failed_load_keeps_old_then_swap_frees_and_canary_split(env, tmp_p
     # canary: 20 % of 1,000 request ids go to the canary version, deterministically
     await registry.set_canary(person("alice"), "chat", first, percent=20)
     await sync.refresh()
-    await asyncio.gather(*sync._swaps.values())
+    await settle(sync)
     await sync.refresh()  # the rule applies once the canary pool is loaded
     picks = [router.route_for("chat", principal="key:x", key=f"req-{i}") for i in range(1000)]
     share = picks.count("chat@canary") / 1000
@@ -263,7 +273,7 @@ async def test_failed_load_keeps_old_then_swap_frees_and_canary_split(env, tmp_p
     assert router.route_for("chat", principal="key:other", key="z") == "chat"
     await registry.set_canary(person("alice"), "chat", None, percent=0)
     await sync.refresh()
-    await asyncio.gather(*sync._swaps.values())
+    await settle(sync)
     assert router.canary("chat") is None and not router.has("chat@canary")
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
+from alembic import command
 from gateway.db.migrate import alembic_config, upgrade
 from gateway.settings import Settings, normalise_db_url
 

@@ -6,18 +6,13 @@ the app-wide guard has already checked the route's action for the caller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, get, post, put
 
-from gateway.authn.principal import Principal
+from gateway.api.deps import ContextDep, ServicesDep
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
-from gateway.middleware import request_id_of
-from gateway.models.service import Registry
 from gateway.models.views import AliasOut, ModelOut
 
 VersionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -42,51 +37,33 @@ class ModelList(msgspec.Struct):
     models: list[ModelOut]
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What the registry needs of a request (the shape of the gateway's RequestContext)."""
-
-    principal: Principal
-    request_id: str | None
-    mfa_at: datetime | None
-
-
-def _context(request: Request) -> _Context:
-    principal = principal_of(request)
-    return _Context(principal, request_id_of(request.scope), principal.mfa_at)
-
-
-def _registry(request: Request) -> Registry:
-    return request.app.state.services.models
-
-
 class ModelController(Controller):
     path = "/admin"
     tags = ["models"]
 
     @get("/models", opt={"action": Action.MODEL_READ}, operation_id="listModelRegistry")
-    async def list_models(self, request: Request) -> ModelList:
-        return ModelList(await _registry(request).list_models())
+    async def list_models(self, services: ServicesDep) -> ModelList:
+        return ModelList(await services.models.registry.list_models())
 
     @get("/models/{name:str}", opt={"action": Action.MODEL_READ}, operation_id="getModelRegistryEntry")
-    async def show(self, request: Request, name: str) -> ModelOut:
-        return await _registry(request).show(name)
+    async def show(self, services: ServicesDep, name: str) -> ModelOut:
+        return await services.models.registry.show(name)
 
     @post("/aliases/{alias:str}/promote", opt={"action": Action.MODEL_PROMOTE}, operation_id="promoteAlias",
           status_code=200)
-    async def promote(self, request: Request, alias: str, data: Promote) -> AliasOut:
-        return await _registry(request).promote(_context(request), alias, data.version)
+    async def promote(self, services: ServicesDep, ctx: ContextDep, alias: str, data: Promote) -> AliasOut:
+        return await services.models.registry.promote(ctx, alias, data.version)
 
     @put("/aliases/{alias:str}/canary", opt={"action": Action.MODEL_CANARY}, operation_id="setAliasCanary",
          status_code=200)
-    async def canary(self, request: Request, alias: str, data: CanaryChange) -> AliasOut:
-        return await _registry(request).set_canary(_context(request), alias, data.version, percent=data.percent,
-                                                   principals=data.principals)
+    async def canary(self, services: ServicesDep, ctx: ContextDep, alias: str, data: CanaryChange) -> AliasOut:
+        return await services.models.registry.set_canary(ctx, alias, data.version, percent=data.percent,
+                                                         principals=data.principals)
 
     @post("/aliases/{alias:str}/rollback", opt={"action": Action.MODEL_ROLLBACK}, operation_id="rollbackAlias",
           status_code=200)
-    async def rollback(self, request: Request, alias: str) -> AliasOut:
-        return await _registry(request).rollback(_context(request), alias)
+    async def rollback(self, services: ServicesDep, ctx: ContextDep, alias: str) -> AliasOut:
+        return await services.models.registry.rollback(ctx, alias)
 
 
 MODEL_ROUTES: list[Any] = [ModelController]
