@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 import structlog
 
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
+from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.inference.base import Backend, GenerationRequest, SamplingParams
 from gateway.inference.factory import build_backends
@@ -42,6 +45,8 @@ from gateway.models.views import AliasState
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.models")
+#: names this process in its swap events (one per replica)
+_REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 
 #: sampling parameters a request may omit and a model may default (as vLLM applies generation_config)
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens")
@@ -128,8 +133,12 @@ class ModelCatalog:
         return entry.attributes() if entry else {"classification": "internal", "owner": None}
 
     def loading(self) -> list[str]:
-        swapping = [a for a, t in self._swaps.items() if not t.done()]
-        return sorted({*(a for a, e in self.entries.items() if e.state == "loading"), *swapping})
+        """Aliases with nothing to serve yet (a swap is not loading: the old version serves meanwhile)."""
+        return sorted(a for a, e in self.entries.items() if e.state == "loading")
+
+    def swapping(self) -> list[str]:
+        """Aliases whose next version is loading beside the one serving."""
+        return sorted(a for a, t in self._swaps.items() if not t.done())
 
     def failed(self) -> dict[str, str]:
         return {a: e.error or "failed" for a, e in self.entries.items() if e.state == "failed"}
@@ -275,6 +284,7 @@ class ModelCatalog:
     async def _swap(self, entry: ModelEntry, st: AliasState) -> None:
         assert st.spec is not None
         started = time.perf_counter()
+        learned_s = (utcnow() - st.changed_at).total_seconds() if st.changed_at else None
         previous = entry.version
         try:
             backends = await self._prepare(st.name, st.version_id, st.spec, warm=True,
@@ -295,9 +305,14 @@ class ModelCatalog:
         self._failed.pop(st.name, None)
         self._apply_canary_rule(st.name)
         seconds = round(time.perf_counter() - started, 3)
-        _log.info("model swapped", alias=st.name, version=st.version_id, previous=previous, seconds=seconds)
+        # learned: from the alias flip to this replica starting the swap (the change feed's part, within 2 s);
+        # seconds: verify + load + warm (the model's part)
+        learned = round(learned_s, 3) if learned_s is not None else None
+        _log.info("model swapped", alias=st.name, version=st.version_id, previous=previous, seconds=seconds,
+                  learned_after_s=learned)
         with contextlib.suppress(Exception):  # the registry change itself was audited; this is the replica's note
-            await self._event(Tag.MODEL_SWAP, st.name, st.version_id, previous=previous, seconds=seconds)
+            await self._event(Tag.MODEL_SWAP, st.name, st.version_id, previous=previous, seconds=seconds,
+                              learned_after_s=learned, replica=_REPLICA)
 
     async def _event(self, tag: str, alias: str, version: str | None, **details: Any) -> None:
         decision = "allow" if tag == Tag.MODEL_SWAP else "deny"

@@ -481,7 +481,8 @@ class Registry:
             spec = serving_spec(r.name.removesuffix(CANARY), v, versions.get(v.base_version_id) if v and
                                 v.base_version_id else None, m) if v is not None else None
             out.append(AliasState(name=r.name, version_id=r.version_id, generation=r.generation, spec=spec,
-                                  source=v.source if v is not None else None, percent=r.percent or 0.0,
+                                  source=v.source if v is not None else None, changed_at=r.updated_at,
+                                  percent=r.percent or 0.0,
                                   principals=tuple(r.principals or ())))
         return sorted(out, key=lambda a: a.name)
 

@@ -76,6 +76,8 @@ class AliasState(msgspec.Struct, frozen=True, kw_only=True):
     spec: ModelSpec | None
     #: where the version came from ("models-file", "import", "run")
     source: str | None = None
+    #: when the alias last changed (replicas report how long they took to learn it)
+    changed_at: datetime | None = None
     percent: float = 0.0
     principals: tuple[str, ...] = ()
 
