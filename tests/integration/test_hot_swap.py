@@ -9,39 +9,22 @@ percentage over HTTP. Postgres + Redis: two gateway processes converge on a prom
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import httpx
 import openai
-import pyotp
 import pytest
 
+from tests.support.people import login
 from tests.support.server import GatewayProcess, base_env, cli, create_key
 from tests.support.tiny_model import make_tiny_model
 
 HEADER = "x-palisade-model-version"
 REDIS_DB12 = "redis://127.0.0.1:6379/12"
-
-
-def login(gw: GatewayProcess, env: dict, role: str) -> dict[str, str]:
-    """A person with ``role`` (password + TOTP, so MFA is fresh): headers for the console session."""
-    username, password = f"{role}-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
-    out = cli(env, "admin", "create", "--username", username, "--password", password, "--role", role).stdout
-    seed = parse_qs(urlparse(out.strip().splitlines()[-1]).query)["secret"][0]
-    r1 = httpx.post(gw.url + "/auth/login", json={"username": username, "password": password}, timeout=10)
-    assert r1.status_code == 200, r1.text
-    pending = r1.headers["set-cookie"].split(";", 1)[0]
-    r2 = httpx.post(gw.url + "/auth/login/totp", json={"code": pyotp.TOTP(seed).now()},
-                    headers={"Cookie": pending}, timeout=10)
-    assert r2.status_code == 200, r2.text
-    session = next(c.split(";", 1)[0] for c in r2.headers.get_list("set-cookie") if "palisade_session=" in c)
-    return {"Cookie": session, "X-CSRF-Token": r2.json()["csrf_token"]}
 
 
 def seeded_version(gw: GatewayProcess, headers: dict, alias: str = "chat") -> str:

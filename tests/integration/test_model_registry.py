@@ -288,3 +288,35 @@ async def test_models_file_seed_is_idempotent_and_follows_edits(env) -> None:
     (state,) = [s for s in await registry.serving_state() if s.name == "mock"]
     assert state.generation == 2 and state.spec.upstream_model == "n"
 
+
+
+def _make_adapter(base: Path, out: Path) -> Path:
+    """A peft LoRA adapter with random (non-zero) weights on the tiny model: its answers differ from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return out
+
+
+async def test_lora_adapter_version_on_a_base_version(env, tmp_path: Path) -> None:
+    _, _, registry, router, sync, _, imports = env
+    base = await _serve_first(registry, sync, router, imports)
+    adapter_dir = imports / f"adapter-{tmp_path.name}"
+    await asyncio.to_thread(_make_adapter, imports / "a", adapter_dir)
+    with pytest.raises(BadRequest, match="--base"):
+        await registry.import_model(person("ivan"), "tiny-lora", path=adapter_dir)
+    adapter = await registry.import_model(person("ivan"), "tiny-lora", path=adapter_dir, base=base)
+    assert adapter.kind == "adapter" and adapter.base_version_id == base
+    req = GenerationRequest("r", SamplingParams(max_tokens=6, temperature=0.0), prompt="Paris is the capital of")
+    before = (await router.generate("chat", req)).text
+    await registry.promote(person("alice"), "chat", adapter.id)
+    await sync.refresh()
+    await settle(sync)
+    result = await router.generate("chat", req)
+    assert result.model_version == adapter.id
+    assert result.text != before  # the adapter's weights answer
