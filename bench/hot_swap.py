@@ -65,6 +65,7 @@ async def drive(urls: list[str], key: str, rate: float, seconds: float) -> dict:
         await asyncio.gather(*[one(i) for i in range(4)])  # warm
         latencies.clear()
         errors.clear()
+        versions.clear()
         tasks, n, start = [], int(rate * seconds), time.perf_counter()
         for i in range(n):
             delay = start + i / rate - time.perf_counter()

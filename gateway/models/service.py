@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authn.stepup import STEP_UP_WINDOW
@@ -114,6 +115,19 @@ class Registry:
         An alias whose current version came from the registry (promoted) keeps it; one that still serves a
         models-file version follows the file when the entry changed.
         """
+        for attempt in range(3):
+            try:
+                changed = await self._seed_once(specs, actor)
+                break
+            except IntegrityError:  # another replica seeded the same alias at the same moment: read it back
+                if attempt == 2:
+                    raise
+        for name in changed:
+            await self._record(_System(actor), Tag.MODEL_SEED, f"alias:{name}")
+        if changed:
+            _log.info("model aliases seeded", aliases=changed)
+
+    async def _seed_once(self, specs: list[ModelSpec], actor: str) -> list[str]:
         changed: list[str] = []
         async with self.db.session() as s:
             for spec in specs:
@@ -124,6 +138,8 @@ class Registry:
                     current = await s.get(ModelVersion, alias.version_id)
                     if current is not None and (current.source != "models-file" or current.digest == dig):
                         continue
+                    if current is not None:  # the file's entry changed: its old version leaves production
+                        current.status, current.status_changed_at = "retired", utcnow()
                 model = await _model_named(s, spec.alias)
                 if model is None:
                     model = RegisteredModel(name=spec.alias, classification=spec.classification, owner=spec.owner)
@@ -138,10 +154,7 @@ class Registry:
                 await s.flush()
                 _flip(s, alias, spec.alias, model.id, version.id, actor=actor, action="seed")
                 changed.append(spec.alias)
-        for name in changed:
-            await self._record(_System(actor), Tag.MODEL_SEED, f"alias:{name}")
-        if changed:
-            _log.info("model aliases seeded", aliases=changed)
+        return changed
 
     # ------------------------------------------------------------------ candidates
     async def import_model(
