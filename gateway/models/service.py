@@ -11,7 +11,7 @@ Promotion rules, in the order they are checked (each refusal is audited with its
 4. the artifact on disk still matches the recorded sha256 of every file (and its signature): the approval is
    bound to that digest, and replicas check it again before they load.
 Then the alias flips in one transaction (generation + 1, previous version kept for rollback, history row) and
-the change is published; every replica's :class:`gateway.models.sync.ModelSync` swaps within 2 s.
+the change is published; every replica's :class:`gateway.models.catalog.ModelCatalog` swaps within 2 s.
 """
 
 from __future__ import annotations

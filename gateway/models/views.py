@@ -68,7 +68,7 @@ class ModelOut(msgspec.Struct, kw_only=True):
 
 
 class AliasState(msgspec.Struct, frozen=True, kw_only=True):
-    """One alias as every replica should serve it (read by gateway.models.sync)."""
+    """One alias as every replica should serve it (read by gateway.models.catalog)."""
 
     name: str
     version_id: str | None
