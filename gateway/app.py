@@ -22,6 +22,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from gateway.api import health
 from gateway.api.admin_keys import ADMIN_IDENTITY_ROUTES
 from gateway.api.admin_limits import LIMITS_ROUTES
+from gateway.api.admin_models import MODEL_ROUTES
 from gateway.api.admin_policy import POLICY_ROUTES
 from gateway.api.guard import context_of, make_authorize
 from gateway.api.identity_api import IDENTITY_ROUTES
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *ADMIN_IDENTITY_ROUTES,
             *POLICY_ROUTES,
             *LIMITS_ROUTES,
+            *MODEL_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={

@@ -32,7 +32,6 @@ from gateway.changes import ChangeFeed
 from gateway.crypto import open_keyring
 from gateway.crypto.keyring import Keyring
 from gateway.db.session import Database
-from gateway.inference.factory import default_models, load_models_file
 from gateway.inference.router import Router
 from gateway.inference.service import InferenceService
 from gateway.jobs import JobQueue
@@ -41,6 +40,7 @@ from gateway.limits.config import LimitsConfig
 from gateway.limits.limiter import RateLimiter
 from gateway.limits.shedding import LoadShedder
 from gateway.models.catalog import ModelCatalog
+from gateway.models.spec import model_specs
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -143,9 +143,11 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     )
     authz = Authorization(decider, audit, usage_watch)
 
-    models = ModelCatalog(settings, db, router)
-    specs = load_models_file(settings.models_file) if settings.models_file else default_models(settings)
-    await models.seed(specs)
+    # the model registry's tables feed the router; promotions, canaries and rollbacks reach every replica through
+    # the change feed (pub/sub + poll) and swap blue/green
+    models = ModelCatalog(settings, db, router, audit, publish=change_feed.publish)
+    await models.seed(model_specs(settings))
+    change_feed.watch("models", models.refresh)
     inference = InferenceService(settings, router, models, authz, limiter, audit, keyring)
     jobs = JobQueue(settings)
 

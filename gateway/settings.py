@@ -98,6 +98,8 @@ class Settings:
     embedded_gguf_file: str | None = setting(None, "GGUF file inside the model dir.", "inference")
     embedded_max_batch: int = setting(16, "Sequences sharing one forward pass.", "inference")
     embedded_device: str = setting("auto", "auto, cpu or cuda[:n].", "inference")
+    model_import_dirs: str = setting("", "Folders `palisade models import` may read from (':'-separated); "
+                                         "default <data dir>/imports.", "inference")
     max_tokens_cap: int = setting(4096, "Upper bound for max_tokens per request.", "inference")
     default_max_tokens: int = setting(256, "max_tokens when neither the request nor the model's defaults name "
                                            "one.", "inference")

@@ -53,6 +53,18 @@ class Tag:
     USAGE_ANOMALY = "limits:usage:anomaly"
     PRINCIPAL_SUSPEND = "limits:principal:suspend"
     PRINCIPAL_UNSUSPEND = "limits:principal:unsuspend"
+    # model registry and hot-swap
+    MODEL_IMPORT = "registry:version:import"
+    MODEL_REGISTER = "registry:version:register"
+    MODEL_PROMOTE = "registry:alias:promote"
+    MODEL_PROMOTE_DENIED = "registry:alias:promote-denied"
+    MODEL_CANARY = "registry:alias:canary"
+    MODEL_ROLLBACK = "registry:alias:rollback"
+    MODEL_GATE_OVERRIDE = "registry:version:gate-override"
+    MODEL_REJECT = "registry:version:reject"
+    MODEL_ARTIFACT_REJECTED = "registry:artifact:rejected"
+    MODEL_SWAP = "registry:replica:swap"
+    MODEL_SWAP_FAILED = "registry:replica:swap-failed"
 
 
 @dataclass(slots=True)

@@ -27,6 +27,11 @@ class Action(StrEnum):
     LIMIT_WRITE = "admin:limit:write"
     MODEL_READ = "admin:model:read"
     MODEL_WRITE = "admin:model:write"
+    # model registry: importing a model (a candidate) vs putting a version in front of traffic (an approval)
+    MODEL_IMPORT = "admin:model:import"
+    MODEL_PROMOTE = "approval:model:promote"
+    MODEL_CANARY = "approval:model:canary"
+    MODEL_ROLLBACK = "approval:model:rollback"
     # audit
     AUDIT_READ = "audit:log:read"
     AUDIT_EXPORT = "audit:log:export"

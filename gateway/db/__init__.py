@@ -6,7 +6,7 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
     keyring,
     keys,
     policy,  # noqa: F401,E402  (register authorization + limits tables)
-    registry,
+    registry,  # noqa: F401  (model registry: models, versions, aliases, alias history)
 )
 from gateway.db.base import Base
 

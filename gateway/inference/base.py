@@ -62,6 +62,8 @@ class GenerationResult:
     text: str
     finish_reason: FinishReason
     usage: Usage
+    #: the registry version that produced it (set by the router; None for routes without a version)
+    model_version: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ class StreamDelta:
     text: str = ""
     finish_reason: FinishReason | None = None  # set on the last delta only
     usage: Usage | None = None  # set on the last delta only
+    model_version: str | None = None  # set by the router on every delta (one version per stream)
 
 
 class BackendError(Exception):

@@ -132,6 +132,7 @@ class EmbeddedBackend(Backend):
         gguf_file: str | None = None,
         device: str = "auto",
         max_batch: int = 16,
+        adapter: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -140,6 +141,8 @@ class EmbeddedBackend(Backend):
         self.gguf_file = gguf_file
         self.device_setting = device
         self.max_batch = max_batch
+        #: a peft LoRA adapter folder merged into this backend's copy of the base weights at load
+        self.adapter = adapter
         self.context_length: int | None = None
         self.tokenizer: Any = None
         self.model: Any = None
@@ -198,6 +201,11 @@ class EmbeddedBackend(Backend):
         t0 = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **kwargs)
+        if self.adapter:
+            from peft import PeftModel
+
+            # merged, so the lean decode path and batching serve the adapted weights unchanged
+            model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
         model.to(self.device).eval()
         self.tokenizer = tokenizer
         self._decode_tok = copy.deepcopy(tokenizer)
@@ -250,6 +258,27 @@ class EmbeddedBackend(Backend):
         self._pending.clear()
         self._flush()
         self._queue_gauge.set(0)
+        self._unload()
+
+    def _unload(self) -> None:
+        """Drop the weights now (a hot swap frees the old copy: RSS back to where it was before the swap)."""
+        if not self._loaded:
+            return
+        self.model = self._fast = self._kv = None
+        self._active = []
+        self._loaded = False
+        import gc
+
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        with contextlib.suppress(Exception):  # glibc keeps freed arenas mapped; give them back to the OS
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
     async def health(self) -> bool:
         return self._loaded and self._thread is not None and self._thread.is_alive() and not self._stopping

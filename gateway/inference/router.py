@@ -1,8 +1,14 @@
 """Model alias → pool of endpoints: least-busy choice, per-endpoint caps, bounded retry, circuit breakers,
 active health checks, and the mapping of backend errors to gateway errors.
 
-A pool is replaced atomically by :meth:`Router.set_route` (hot swap): requests already running keep the
-endpoint they hold and finish; endpoints that left the route are closed once they have drained.
+A pool is replaced atomically by :meth:`Router.set_route` (blue/green hot swap): the caller loads and warms the
+new version's backends beside the old ones, then swaps; requests and streams already running keep the endpoint
+they hold and finish on the old version; endpoints that left the route are closed once they have drained.
+Every endpoint belongs to one registry version: results and stream deltas carry it (``model_version``), and a
+stream's retry never moves to another version, so no stream mixes versions.
+
+A canary is the pool ``<alias>@canary`` plus a rule (:meth:`Router.set_canary`): named principals, or a share
+of requests chosen by a hash of the request id (deterministic, so a retried request lands on the same side).
 
 The router owns the backends it is given: :meth:`Router.start` starts them, removal (after drain) and
 :meth:`Router.close` close them. Backends passed to ``set_route`` after ``start`` must already be started
@@ -13,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -100,11 +108,35 @@ class CircuitBreaker:
         self._trial = False
 
 
-class _Endpoint:
-    __slots__ = ("alias", "backend", "breaker", "healthy", "inflight", "max_concurrency", "name")
+CANARY_SUFFIX = "@canary"
 
-    def __init__(self, alias: str, backend: Backend, max_concurrency: int, breaker: CircuitBreaker) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """Which requests of an alias go to ``<alias>@canary``: named principals, then ``percent`` of the rest."""
+
+    percent: float = 0.0
+    principals: frozenset[str] = frozenset()
+
+    def takes(self, principal: str | None, key: str | None) -> bool:
+        if principal is not None and principal in self.principals:
+            return True
+        if self.percent <= 0:
+            return False
+        if self.percent >= 100:
+            return True
+        digest = hashlib.blake2b((key or "").encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % 10_000 < round(self.percent * 100)
+
+
+class _Endpoint:
+    __slots__ = ("alias", "backend", "breaker", "healthy", "inflight", "max_concurrency", "name", "version")
+
+    def __init__(
+        self, alias: str, backend: Backend, max_concurrency: int, breaker: CircuitBreaker, version: str | None = None
+    ) -> None:
         self.alias = alias
+        self.version = version
         self.backend = backend
         self.name = getattr(backend, "name", None) or type(backend).__name__
         self.max_concurrency = max(1, max_concurrency)
@@ -117,8 +149,9 @@ class _Endpoint:
 
 
 class _Pool:
-    def __init__(self, alias: str, endpoints: list[_Endpoint]) -> None:
+    def __init__(self, alias: str, endpoints: list[_Endpoint], version: str | None = None) -> None:
         self.alias = alias
+        self.version = version
         self.endpoints = endpoints
         self.freed = asyncio.Event()
         self.retired = False
@@ -127,12 +160,15 @@ class _Pool:
         self.freed.set()
         self.freed = asyncio.Event()
 
-    def pick(self, exclude: set[int]) -> tuple[_Endpoint | None, bool]:
-        """Least-busy usable endpoint with a free slot; (None, True) when usable ones exist but are full."""
+    def pick(self, exclude: set[int], version: str | None = None) -> tuple[_Endpoint | None, bool]:
+        """Least-busy usable endpoint with a free slot; (None, True) when usable ones exist but are full.
+
+        With ``version``, only that version's endpoints (a stream's retry stays on the version it started on).
+        """
         best: _Endpoint | None = None
         busy = False
         for ep in self.endpoints:
-            if id(ep) in exclude or not ep.usable():
+            if id(ep) in exclude or not ep.usable() or (version is not None and ep.version != version):
                 continue
             if ep.inflight >= ep.max_concurrency:
                 busy = True
@@ -161,17 +197,21 @@ class Router:
             1.0, min(settings.connect_timeout_s + 2.0, settings.health_interval_s)
         )
         self._pools: dict[str, _Pool] = {}
+        self._canaries: dict[str, Canary] = {}
         self._health_task: asyncio.Task | None = None
         self._drains: set[asyncio.Task] = set()
         self._retired: list[_Endpoint] = []
         self._started = False
 
     # ------------------------------------------------------------------ routes
-    def set_route(self, alias: str, backends: list[Backend], *, max_concurrency: int = 64) -> None:
+    def set_route(
+        self, alias: str, backends: list[Backend], *, max_concurrency: int = 64, version: str | None = None
+    ) -> None:
+        """Point ``alias`` at ``backends`` (already started once the router runs), serving ``version``."""
         if not backends:
             raise ValueError(f"route {alias!r} needs at least one backend")
         old = self._pools.get(alias)
-        kept = {id(ep.backend): ep for ep in old.endpoints} if old else {}
+        kept = {id(ep.backend): ep for ep in old.endpoints if ep.version == version} if old else {}
         endpoints = []
         for b in backends:
             ep = kept.get(id(b))
@@ -181,16 +221,47 @@ class Router:
                     b,
                     max_concurrency,
                     CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s),
+                    version,
                 )
                 BACKEND_HEALTHY.labels(alias, ep.name).set(1)
             else:  # same backend object stays: keep its health, breaker and in-flight count
                 ep.max_concurrency = max(1, max_concurrency)
             endpoints.append(ep)
-        self._pools[alias] = _Pool(alias, endpoints)  # atomic: new requests see the new pool from here on
+        self._pools[alias] = _Pool(alias, endpoints, version)  # atomic: new requests see it from here on
         if old is not None:
             old.retired = True
             old.notify()
             self._retire([ep for ep in old.endpoints if ep not in endpoints])
+
+    def set_canary(self, alias: str, *, percent: float = 0.0, principals: Iterable[str] = ()) -> None:
+        """Send ``percent`` % of ``alias``'s requests (and all of ``principals``') to ``<alias>@canary``."""
+        if not 0 <= percent <= 100:
+            raise ValueError("percent must be within 0..100")
+        self._canaries[alias] = Canary(float(percent), frozenset(principals))
+
+    def clear_canary(self, alias: str) -> None:
+        self._canaries.pop(alias, None)
+
+    def canary(self, alias: str) -> Canary | None:
+        return self._canaries.get(alias)
+
+    def route_for(self, alias: str, *, principal: str | None = None, key: str | None = None) -> str:
+        """The pool a request for ``alias`` goes to: ``<alias>@canary`` when its canary takes it, else ``alias``."""
+        rule = self._canaries.get(alias)
+        if rule is not None and rule.takes(principal, key):
+            canary = alias + CANARY_SUFFIX
+            pool = self._pools.get(canary)
+            if pool is not None and any(ep.usable() for ep in pool.endpoints):
+                return canary
+        return alias
+
+    def version(self, alias: str) -> str | None:
+        """The version ``alias`` serves new requests with now."""
+        pool = self._pools.get(alias)
+        return pool.version if pool is not None else None
+
+    def versions(self) -> dict[str, str | None]:
+        return {alias: pool.version for alias, pool in sorted(self._pools.items())}
 
     def remove_route(self, alias: str) -> None:
         old = self._pools.pop(alias, None)
@@ -261,7 +332,9 @@ class Router:
             headers={"Retry-After": str(max(1, math.ceil(retry)))},
         )
 
-    async def _acquire(self, alias: str, exclude: set[int]) -> tuple[_Endpoint, bool]:
+    async def _acquire(
+        self, alias: str, exclude: set[int], version: str | None = None
+    ) -> tuple[_Endpoint, bool]:
         """A slot on the best endpoint; the flag says it is that endpoint's half-open trial."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.queue_timeout_s
@@ -269,7 +342,7 @@ class Router:
         try:
             while True:
                 pool = self._pool(alias)  # re-read: a hot swap while waiting sends us to the new pool
-                ep, busy = pool.pick(exclude)
+                ep, busy = pool.pick(exclude, version)
                 if ep is not None:
                     trial = ep.breaker.acquire()
                     ep.inflight += 1
@@ -333,10 +406,12 @@ class Router:
         return UpstreamError(f"the inference server for model '{alias}' failed")
 
     # ------------------------------------------------------------------ requests
-    async def _next_endpoint(self, alias: str, tried: set[int], last: ApiError | None) -> tuple[_Endpoint, bool]:
+    async def _next_endpoint(
+        self, alias: str, tried: set[int], last: ApiError | None, version: str | None = None
+    ) -> tuple[_Endpoint, bool]:
         """An endpoint not tried yet; on a retry with nothing left, the first attempt's error is the answer."""
         try:
-            ep, trial = await self._acquire(alias, tried)
+            ep, trial = await self._acquire(alias, tried, version)
         except ServiceUnavailable:
             if last is None:
                 raise
@@ -363,18 +438,36 @@ class Router:
             else:
                 verdict = True
                 ep.breaker.success()
+                result.model_version = ep.version
                 return result
             finally:
                 self._release(ep, trial=trial, verdict=verdict)  # no verdict: cancelled, nothing learnt
         assert last is not None
         raise last
 
-    async def stream(self, alias: str, req: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def open_stream(self, alias: str, req: GenerationRequest) -> RouterStream:
+        """Choose the endpoint now, so the version is known before the first byte (the response header)."""
         self._pool(alias)
-        tried: set[int] = set()
+        ep, trial = await self._next_endpoint(alias, set(), None)
+        return RouterStream(self, alias, req, ep, trial)
+
+    async def stream(self, alias: str, req: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        opened = await self.open_stream(alias, req)
+        try:
+            async for delta in opened:
+                yield delta
+        finally:
+            await opened.aclose()
+
+    async def _stream_from(
+        self, alias: str, req: GenerationRequest, ep: _Endpoint, trial: bool
+    ) -> AsyncIterator[StreamDelta]:
+        tried: set[int] = {id(ep)}
         last: ApiError | None = None
-        for _attempt in range(1 + self.max_retries):
-            ep, trial = await self._next_endpoint(alias, tried, last)
+        version = ep.version
+        for attempt in range(1 + self.max_retries):
+            if attempt:  # a retry stays on the version this stream started on
+                ep, trial = await self._next_endpoint(alias, tried, last, version)
             it = ep.backend.stream(req)
             yielded = False
             verdict = False
@@ -396,6 +489,7 @@ class Router:
                         verdict = True
                         raise self._to_api_error(ep, exc) from None
                     yielded = True
+                    delta.model_version = version
                     yield delta
                 if not retry:
                     verdict = True
@@ -488,6 +582,7 @@ class Router:
                     "healthy": ep.healthy,
                     "breaker": ep.breaker.state,
                     "inflight": ep.inflight,
+                    "version": ep.version,
                 }
                 for ep in pool.endpoints
             ]
@@ -496,3 +591,35 @@ class Router:
 
     def ready(self) -> bool:
         return all(any(ep.healthy for ep in pool.endpoints) for pool in self._pools.values())
+
+
+class RouterStream:
+    """A stream with its first endpoint (and so its version) already chosen; iterate it, then ``aclose`` it.
+
+    Closing it before the first item frees the slot it holds (an async generator that never started would not
+    run its ``finally``).
+    """
+
+    def __init__(self, router: Router, alias: str, req: GenerationRequest, ep: _Endpoint, trial: bool) -> None:
+        self.version = ep.version
+        self._router = router
+        self._ep = ep
+        self._trial = trial
+        self._gen = router._stream_from(alias, req, ep, trial)
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> RouterStream:
+        return self
+
+    async def __anext__(self) -> StreamDelta:
+        self._started = True
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            self._router._release(self._ep, trial=self._trial, verdict=False)
+        await self._gen.aclose()

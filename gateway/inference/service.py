@@ -25,7 +25,7 @@ from gateway.context import RequestContext
 from gateway.crypto.keyring import Keyring
 from gateway.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamTimeout
 from gateway.inference.base import GenerationRequest, GenerationResult, StreamDelta, Usage
-from gateway.inference.router import Router
+from gateway.inference.router import Router, RouterStream
 from gateway.limits import Limiter, Reservation
 from gateway.limits.config import PRIORITY_LOW
 from gateway.metrics import TOKENS
@@ -68,6 +68,14 @@ class Prepared:
     version: str | None = None
     #: response headers the caller sends with the answer (RateLimit, the serving model version)
     headers: dict[str, str] = field(default_factory=dict)
+    #: the router pool this request goes to: the alias, or ``<alias>@canary`` when its canary takes it
+    target: str = ""
+
+    def served_by(self, version: str | None) -> None:
+        """The version the router chose (known once an endpoint is picked): header and audit record name it."""
+        if version is not None:
+            self.version = version
+            self.headers[VERSION_HEADER] = version
 
 
 @dataclass(slots=True)
@@ -123,8 +131,10 @@ class InferenceService:
                 f"max_tokens is {params.max_tokens}; this gateway allows at most {self.settings.max_tokens_cap}",
                 param="max_tokens",
             )
-        prompt_tokens = self.router.count_prompt_tokens(alias, req)
-        context = self.router.context_length(alias)
+        # a canary takes its share by a hash of the request id, or every request of its named principals
+        target = self.router.route_for(alias, principal=ctx.principal.id, key=ctx.request_id)
+        prompt_tokens = self.router.count_prompt_tokens(target, req)
+        context = self.router.context_length(target)
         if context is not None:
             if prompt_tokens >= context:
                 raise BadRequest(
@@ -144,10 +154,8 @@ class InferenceService:
         reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
                                                  priority=priority)
         headers = {name.decode(): value.decode() for name, value in reservation.headers()}
-        if entry.version:
-            headers[VERSION_HEADER] = entry.version
         return Prepared(ctx, alias, req, prompt_tokens, reservation, time.perf_counter(), entry.retain_content,
-                        entry.version, headers)
+                        None, headers, target)
 
     async def complete(self, p: Prepared) -> GenerationResult:
         status = "error"
@@ -156,10 +164,11 @@ class InferenceService:
         try:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    result = await self.router.generate(p.alias, p.request)
+                    result = await self.router.generate(p.target or p.alias, p.request)
             except TimeoutError as exc:
                 raise UpstreamTimeout("the model did not answer within the request timeout") from exc
             usage = result.usage
+            p.served_by(result.model_version)
             status = "ok"
             # recorded before the answer leaves (an unaudited answer is never sent); returning the unused part
             # of the reservation overlaps the audit commit instead of adding a Redis round trip after it
@@ -178,21 +187,30 @@ class InferenceService:
                 await self._settle(p, usage)
 
     async def open_stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
-        """Audit the start (before any byte is sent), then return the delta iterator."""
+        """Choose the endpoint (so the version header is known), audit the start before any byte is sent, then
+        return the delta iterator (every delta from that one version)."""
+        try:
+            opened = await self.router.open_stream(p.target or p.alias, p.request)
+        except ApiError as exc:
+            await self._settle(p, Usage())
+            await self._audit(p, Tag.INFERENCE_FAILED, f"error:{exc.status_code}", Usage(prompt_tokens=p.prompt_tokens))
+            raise
+        p.served_by(opened.version)
         try:
             await self._audit(p, Tag.STREAM_START, "started", Usage(prompt_tokens=p.prompt_tokens))
         except BaseException:
+            await opened.aclose()
             await self._settle(p, Usage())
             raise
-        return self._stream(p)
+        return self._stream(p, opened)
 
-    async def _stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
+    async def _stream(self, p: Prepared, opened: RouterStream) -> AsyncIterator[StreamDelta]:
         usage = Usage(prompt_tokens=p.prompt_tokens)
         status = "cancelled"
         produced = 0
         pieces: list[str] | None = [] if p.retain else None
         try:
-            async with aclosing(self.router.stream(p.alias, p.request)) as deltas:
+            async with aclosing(opened) as deltas:
                 async for delta in deltas:
                     if delta.text:
                         produced += 1
@@ -244,6 +262,7 @@ class InferenceService:
             "auth_method": p.ctx.principal.auth_method,
             "auth_id": p.ctx.principal.key_id,
             "model_version": p.version,
+            "route": p.target if p.target != p.alias else None,
         }
         if p.retain and tag != Tag.STREAM_START:
             details["content_enc"] = self._seal_content(p, completion)

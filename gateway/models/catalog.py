@@ -1,29 +1,52 @@
-"""``ModelCatalog``: the one owner of model state in a gateway process.
+"""``ModelCatalog``: the one owner of model state in a gateway process, fed from the registry's tables.
 
-The models file (or the built-in default) seeds the ``model_aliases`` table; the catalog reads the table back and
-feeds the router from it, so what serves an alias, its ABAC attributes (classification, owner), its audit retention
-and its sampling defaults all come from one place. Embedded models load in the background: the process answers
+The models file (or the built-in default) seeds the registry (``gateway.models.service.Registry``): each entry is
+an ``endpoint`` version its alias points at. The catalog reads the aliases back and feeds the router from them,
+so what serves an alias, its version, its ABAC attributes (classification, owner), its audit retention and its
+sampling defaults all come from one place. Embedded models load in the background: the process answers
 ``/healthz`` at once, ``/readyz`` names the aliases still loading, and SIGTERM is honoured during a load.
+
+Afterwards the catalog follows the registry (:meth:`ModelCatalog.refresh`, a change-feed watcher: Redis pub/sub
+plus a 1 s poll, so every replica learns a promotion within 2 s). An alias whose version changed is swapped
+blue/green in the background:
+
+1. verify the artifact (sha256 of every file, signature) -- a tampered one is refused and audited;
+2. build the new backends beside the old ones, start them (load weights) and warm them (one short generation);
+3. ``Router.set_route`` sends new requests to them; requests and streams already running finish on the old
+   endpoints, which the router closes (frees) once drained.
+A failure at any step closes what was built and leaves the old version serving; it is audited once and not
+retried until the alias changes again. A canary is the alias ``<alias>@canary`` plus the router's rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
-from gateway.db.registry import ModelAlias
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
+from gateway.db.base import utcnow
 from gateway.db.session import Database
+from gateway.inference.base import Backend, GenerationRequest, SamplingParams
 from gateway.inference.factory import build_backends
-from gateway.inference.router import Router
+from gateway.inference.router import CANARY_SUFFIX, Router
+from gateway.models.artifacts import ArtifactError, load_trusted_keys
+from gateway.models.service import Publish, Registry
+from gateway.models.spec import ModelSpec
+from gateway.models.views import AliasState
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.models")
+#: names this process in its swap events (one per replica)
+_REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 
 #: sampling parameters a request may omit and a model may default (as vLLM applies generation_config)
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens")
@@ -31,15 +54,30 @@ SAMPLING_KEYS = ("temperature", "top_p", "max_tokens")
 BUILTIN_DEFAULTS = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256}
 
 
+def import_roots(settings: Settings) -> list[Path]:
+    """Folders an import may read from (``PALISADE_MODEL_IMPORT_DIRS``; default ``<data dir>/imports``)."""
+    if settings.model_import_dirs:
+        return [Path(p) for p in settings.model_import_dirs.split(":") if p]
+    return [Path(settings.data_dir) / "imports"]
+
+
+def trusted_keys_dir(settings: Settings) -> Path:
+    """``<key id>.pub`` files: the Ed25519 keys (the trainer's) whose artifact signatures count."""
+    return Path(settings.data_dir) / "trust" / "models"
+
+
 @dataclass(slots=True)
 class ModelEntry:
+    """One alias as this process serves it (``version``); a swap replaces the fields once the new one is in."""
+
     alias: str
-    spec: dict[str, Any]
+    spec: ModelSpec
+    version: str | None = None
+    generation: int = 0
     classification: str = "internal"
     owner: str | None = None
     retain_content: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
-    version: str | None = None
     state: str = "loading"  # loading | ready | failed
     error: str | None = None
 
@@ -47,75 +85,84 @@ class ModelEntry:
         """ABAC resource attributes of the alias."""
         return {"classification": self.classification, "owner": self.owner}
 
+    @classmethod
+    def of(cls, st: AliasState, state: str = "loading") -> ModelEntry:
+        assert st.spec is not None
+        entry = cls(alias=st.name, spec=st.spec, state=state)
+        entry.take(st)
+        return entry
+
+    def take(self, st: AliasState) -> None:
+        assert st.spec is not None
+        self.spec, self.version, self.generation = st.spec, st.version_id, st.generation
+        self.classification, self.owner = st.spec.classification, st.spec.owner
+        self.retain_content = st.spec.retain_content
+        self.defaults = sampling_defaults(st.spec.to_dict())
+
 
 class ModelCatalog:
-    def __init__(self, settings: Settings, db: Database, router: Router) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, router: Router, audit: AuditTrail, *, publish: Publish | None = None
+    ) -> None:
         self.settings = settings
-        self.db = db
         self.router = router
+        self.audit = audit
+        #: the registry's rules (import, promote, canary, rollback); it publishes its changes on the feed
+        self.registry = Registry(db, audit, import_roots=import_roots(settings),
+                                 trusted_keys=load_trusted_keys(trusted_keys_dir(settings)), publish=publish)
         self.entries: dict[str, ModelEntry] = {}
         self._loads: dict[str, asyncio.Task[None]] = {}
+        self._swaps: dict[str, asyncio.Task[None]] = {}
+        #: alias -> (version, generation) that was refused or failed to load: not retried until the alias changes
+        self._failed: dict[str, tuple[str | None, int]] = {}
+        self._seeded: set[str] = set()
+        #: base alias -> (percent, principals) of its canary, as the registry says
+        self._rules: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._closing = False
 
     # ------------------------------------------------------------------ reading
     def get(self, alias: str) -> ModelEntry | None:
         return self.entries.get(alias)
 
     def aliases(self) -> list[str]:
-        return sorted(self.entries)
+        """The aliases clients call (a canary is reached through its alias, not listed on its own)."""
+        return sorted(a for a in self.entries if not a.endswith(CANARY_SUFFIX))
 
     def attributes(self, alias: str) -> dict[str, Any]:
         entry = self.entries.get(alias)
         return entry.attributes() if entry else {"classification": "internal", "owner": None}
 
     def loading(self) -> list[str]:
+        """Aliases with nothing to serve yet (a swap is not loading: the old version serves meanwhile)."""
         return sorted(a for a, e in self.entries.items() if e.state == "loading")
+
+    def swapping(self) -> list[str]:
+        """Aliases whose next version is loading beside the one serving."""
+        return sorted(a for a, t in self._swaps.items() if not t.done())
 
     def failed(self) -> dict[str, str]:
         return {a: e.error or "failed" for a, e in self.entries.items() if e.state == "failed"}
 
     # ------------------------------------------------------------------ seeding and loading
-    async def seed(self, specs: list[dict[str, Any]]) -> None:
-        """Write the models-file entries into the table, then read every enabled alias back from it."""
-        async with self.db.session() as s:
-            existing = {m.alias: m for m in (await s.execute(select(ModelAlias))).scalars()}
-            for spec in specs:
-                row = existing.get(spec["alias"])
-                clean = {k: v for k, v in spec.items() if k != "alias"}
-                if row is None:
-                    s.add(
-                        ModelAlias(
-                            alias=spec["alias"],
-                            backend=spec["backend"],
-                            spec=clean,
-                            classification=spec.get("classification", "internal"),
-                            owner=spec.get("owner"),
-                        )
-                    )
-                else:
-                    row.backend, row.spec, row.enabled = spec["backend"], clean, True
-                    row.classification = spec.get("classification", row.classification)
-                    row.owner = spec.get("owner", row.owner)
-        seeded = {spec["alias"] for spec in specs}
-        async with self.db.session() as s:
-            rows = (await s.execute(select(ModelAlias).where(ModelAlias.enabled.is_(True)))).scalars().all()
-        for row in rows:
-            if row.alias not in seeded:
-                continue  # an alias the current models file no longer names stays in the table, unserved
-            spec = {"alias": row.alias, "backend": row.backend, **row.spec}
-            self.entries[row.alias] = ModelEntry(
-                alias=row.alias,
-                spec=spec,
-                classification=row.classification,
-                owner=row.owner,
-                retain_content=bool(spec.get("retain_content", False)),
-                defaults=sampling_defaults(spec),
-                version=spec.get("version"),
-            )
+    async def seed(self, specs: list[ModelSpec]) -> None:
+        """Seed the registry from the models file, then read every alias back from it."""
+        await self.registry.seed(specs)
+        self._seeded = {s.alias for s in specs}
+        for st in await self.registry.serving_state():
+            self._note_rule(st)
+            if self._serves(st):
+                self.entries[st.name] = ModelEntry.of(st)
         _log.info("models seeded", aliases=sorted(self.entries))
+
+    def _serves(self, st: AliasState) -> bool:
+        """An alias with a version; one the current models file no longer names stays in the table, unserved."""
+        if st.spec is None or st.version_id is None:
+            return False
+        return st.source != "models-file" or st.name in self._seeded
 
     def start_loading(self) -> None:
         """Build every alias's backends in the background (the gateway); remote backends are ready at once."""
-        for alias in self.entries:
+        for alias in list(self.entries):
             self._task_for(alias)
 
     async def ensure_loaded(self, alias: str) -> None:
@@ -135,22 +182,155 @@ class ModelCatalog:
 
     async def _load(self, entry: ModelEntry) -> None:
         try:
-            backends = build_backends(entry.spec, self.settings)
-            await asyncio.gather(*(b.start() for b in backends))  # embedded: load weights (a daemon thread)
+            backends = await self._prepare(entry.alias, entry.version, entry.spec, warm=False)
             # routed only once started: until then a request gets "loading" (503), never a half-built backend
-            self.router.set_route(entry.alias, backends, max_concurrency=int(entry.spec.get("max_concurrency", 64)))
+            self.router.set_route(entry.alias, backends, max_concurrency=entry.spec.max_concurrency,
+                                  version=entry.version)
             entry.state = "ready"
-            _log.info("model ready", alias=entry.alias)
+            self._apply_canary_rule(entry.alias)
+            _log.info("model ready", alias=entry.alias, version=entry.version)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            self._failed[entry.alias] = (entry.version, entry.generation)
+            tag = Tag.MODEL_ARTIFACT_REJECTED if isinstance(exc, ArtifactError) else Tag.MODEL_SWAP_FAILED
+            with contextlib.suppress(Exception):
+                await self._event(tag, entry.alias, entry.version, reason=entry.error, where="start")
             _log.error("model failed to load", alias=entry.alias, error=entry.error)
 
-    async def close(self) -> None:
-        for task in self._loads.values():
+    async def _prepare(self, alias: str, version: str | None, spec: ModelSpec, *, warm: bool,
+                       name: str | None = None) -> list[Backend]:
+        """Verified, built, started (and warmed) backends for ``version``; closed again if any step fails."""
+        if version is not None:
+            await self.registry.verify(version)  # before any byte of the artifact reaches a loader
+        backends = build_backends(spec, self.settings, name=name)
+        try:
+            await asyncio.gather(*(b.start() for b in backends))  # embedded: load weights (a daemon thread)
+            if warm:
+                await self._warm(backends)
+        except BaseException:
+            await _close(backends)
+            raise
+        return backends
+
+    async def _warm(self, backends: list[Backend]) -> None:
+        """One short generation (embedded) or a health probe (upstreams): new traffic never pays the first call."""
+        for b in backends:
+            if not await b.health():
+                raise RuntimeError(f"endpoint {b.name} is not healthy after start")
+            if type(b).__name__ == "EmbeddedBackend":
+                req = GenerationRequest("warmup", SamplingParams(max_tokens=1, temperature=0.0), prompt="Hello")
+                async with asyncio.timeout(120):
+                    await b.generate(req)
+
+    # ------------------------------------------------------------------ following the registry
+    async def refresh(self) -> None:
+        """The change-feed watcher: swap every alias this process serves whose version changed."""
+        if self._closing:
+            return
+        states = {st.name: st for st in await self.registry.serving_state()}
+        for name, st in states.items():
+            self._note_rule(st)
+            entry = self.entries.get(name)
+            if entry is None:
+                if self._serves(st):  # a new alias (a first promotion, a canary): served like the others
+                    self.entries[name] = ModelEntry.of(st)
+                    if self._loads:  # this process serves (not a CLI or a worker that loads on demand)
+                        self._task_for(name)
+                continue
+            if st.version_id is None:  # a canary that ended
+                self._end_canary(name)
+                continue
+            if entry.version == st.version_id:
+                entry.generation = st.generation
+                self._apply_canary_rule(name)
+                continue
+            load = self._loads.get(name)
+            if load is None:  # never loaded here: the next load takes the new version
+                entry.take(st)
+                continue
+            if not load.done() or self._failed.get(name) == (st.version_id, st.generation):
+                continue
+            swap = self._swaps.get(name)
+            if swap is not None and not swap.done():
+                continue  # the next refresh after it finishes looks again
+            self._swaps[name] = asyncio.create_task(self._swap(entry, st), name=f"swap:{name}")
+
+    def _note_rule(self, st: AliasState) -> None:
+        if st.name.endswith(CANARY_SUFFIX) and st.version_id is not None:
+            self._rules[st.name.removesuffix(CANARY_SUFFIX)] = (st.percent, st.principals)
+
+    def _apply_canary_rule(self, alias: str) -> None:
+        """The router sends a share to ``<alias>@canary`` only while that canary is loaded here."""
+        base = alias.removesuffix(CANARY_SUFFIX)
+        canary = self.entries.get(base + CANARY_SUFFIX)
+        rule = self._rules.get(base)
+        if canary is None or canary.state != "ready" or rule is None:
+            self.router.clear_canary(base)
+        else:
+            self.router.set_canary(base, percent=rule[0], principals=rule[1])
+
+    def _end_canary(self, name: str) -> None:
+        base = name.removesuffix(CANARY_SUFFIX)
+        self.router.clear_canary(base)
+        self.router.remove_route(name)
+        self.entries.pop(name, None)
+        self._rules.pop(base, None)
+        task = self._loads.pop(name, None)
+        if task is not None:
             task.cancel()
-        await asyncio.gather(*self._loads.values(), return_exceptions=True)
+
+    async def _swap(self, entry: ModelEntry, st: AliasState) -> None:
+        assert st.spec is not None
+        started = time.perf_counter()
+        learned_s = (utcnow() - st.changed_at).total_seconds() if st.changed_at else None
+        previous = entry.version
+        try:
+            backends = await self._prepare(st.name, st.version_id, st.spec, warm=True,
+                                           name=f"{st.name}@{(st.version_id or '')[:8]}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed[st.name] = (st.version_id, st.generation)
+            tag = Tag.MODEL_ARTIFACT_REJECTED if isinstance(exc, ArtifactError) else Tag.MODEL_SWAP_FAILED
+            reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            _log.error("model swap refused; the old version keeps serving", alias=st.name, reason=reason[:300])
+            with contextlib.suppress(Exception):
+                await self._event(tag, st.name, st.version_id, reason=reason[:500], where="load", serving=previous)
+            return
+        self.router.set_route(st.name, backends, max_concurrency=st.spec.max_concurrency, version=st.version_id)
+        entry.take(st)
+        entry.state, entry.error = "ready", None
+        self._failed.pop(st.name, None)
+        self._apply_canary_rule(st.name)
+        seconds = round(time.perf_counter() - started, 3)
+        # learned: from the alias flip to this replica starting the swap (the change feed's part, within 2 s);
+        # seconds: verify + load + warm (the model's part)
+        learned = round(learned_s, 3) if learned_s is not None else None
+        _log.info("model swapped", alias=st.name, version=st.version_id, previous=previous, seconds=seconds,
+                  learned_after_s=learned)
+        with contextlib.suppress(Exception):  # the registry change itself was audited; this is the replica's note
+            await self._event(Tag.MODEL_SWAP, st.name, st.version_id, previous=previous, seconds=seconds,
+                              learned_after_s=learned, replica=_REPLICA)
+
+    async def _event(self, tag: str, alias: str, version: str | None, **details: Any) -> None:
+        decision = "allow" if tag == Tag.MODEL_SWAP else "deny"
+        await self.audit.record(AuditEvent(tag, actor="system:models", target=f"alias:{alias}", decision=decision,
+                                           details={"version": version, **details}))
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = [*self._loads.values(), *self._swaps.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close(backends: list[Backend]) -> None:
+    for b in backends:
+        with contextlib.suppress(Exception):
+            await b.close()
 
 
 def sampling_defaults(spec: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import yaml
 
-from gateway.inference.factory import load_models_file
+from gateway.models.spec import load_models_file
 from gateway.settings import Settings
 from tests.support.server import ROOT, base_env, cli
 
@@ -41,7 +41,7 @@ def test_environment_names_are_real_settings():
 
 
 def test_models_file_and_dockerfile_inputs():
-    assert load_models_file(ROOT / "deploy" / "models.yaml")[0]["alias"] == "chat"
+    assert load_models_file(ROOT / "deploy" / "models.yaml")[0].alias == "chat"
     for src in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.M):
         for part in src.split():
             assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.inference.factory import ModelsFileError, load_models_file
 from gateway.models.catalog import BUILTIN_DEFAULTS, sampling_defaults
+from gateway.models.spec import ModelsFileError, load_models_file
 
 
 def test_builtin_model_has_its_recommended_sampling():

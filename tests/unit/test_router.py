@@ -11,16 +11,12 @@ import pytest
 
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.inference.base import GenerationRequest, SamplingParams
-from gateway.inference.factory import (
-    ModelsFileError,
-    build_backends,
-    default_models,
-    load_models_file,
-)
+from gateway.inference.factory import build_backends
 from gateway.inference.openai_upstream import OpenAIBackend
 from gateway.inference.router import Router
 from gateway.inference.tgi import TGIBackend
 from gateway.metrics import REGISTRY
+from gateway.models.spec import ModelsFileError, ModelSpec, default_specs, load_models_file
 from gateway.settings import Settings
 from tests.support.fake_upstreams import serve_fake
 
@@ -343,7 +339,7 @@ def test_load_models_file(tmp_path: Path, settings: Settings, monkeypatch: pytes
         "  - {alias: big, backend: tgi, urls: ['http://a:80', 'http://b:80']}\n"
     )
     entries = load_models_file(path)
-    assert [e["alias"] for e in entries] == ["mock-gpt", "big"]
+    assert [e.alias for e in entries] == ["mock-gpt", "big"]
     monkeypatch.setenv("UP_KEY", "k-123")
     (o,) = build_backends(entries[0], settings)
     assert isinstance(o, OpenAIBackend) and o.upstream_model == "gpt-x"
@@ -356,8 +352,8 @@ def test_load_models_file(tmp_path: Path, settings: Settings, monkeypatch: pytes
     monkeypatch.delenv("UP_KEY")
     with pytest.raises(ModelsFileError, match="UP_KEY"):
         build_backends(entries[0], settings)
-    assert default_models(settings) == [
-        {"alias": "chat", "backend": "embedded", "model": "builtin:smollm2", "gguf_file": None}
+    assert default_specs(settings.embedded_model, settings.embedded_gguf_file) == [
+        ModelSpec(alias="chat", backend="embedded", model="builtin:smollm2", gguf_file=None)
     ]
 
 

@@ -1,0 +1,69 @@
+"""Registry API (DESIGN.md "Models"): read models and versions; promote, canary and roll back aliases.
+
+Thin: the rules (four eyes, fresh MFA, gates, artifact check) live in :class:`gateway.models.service.Registry`;
+the app-wide guard has already checked the route's action for the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post, put
+
+from gateway.api.deps import ContextDep, ServicesDep
+from gateway.authz.actions import Action
+from gateway.models.views import AliasOut, ModelOut
+
+VersionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+PrincipalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Promote(msgspec.Struct, forbid_unknown_fields=True):
+    """Who approves is the authenticated caller, never a field."""
+
+    version: VersionId
+
+
+class CanaryChange(msgspec.Struct, forbid_unknown_fields=True):
+    """``percent`` of the alias's requests, and/or every request of ``principals``; percent 0 and none ends it."""
+
+    version: VersionId | None = None
+    percent: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    principals: Annotated[list[PrincipalId], msgspec.Meta(max_length=1000)] | None = None
+
+
+class ModelList(msgspec.Struct):
+    models: list[ModelOut]
+
+
+class ModelController(Controller):
+    path = "/admin"
+    tags = ["models"]
+
+    @get("/models", opt={"action": Action.MODEL_READ}, operation_id="listModelRegistry")
+    async def list_models(self, services: ServicesDep) -> ModelList:
+        return ModelList(await services.models.registry.list_models())
+
+    @get("/models/{name:str}", opt={"action": Action.MODEL_READ}, operation_id="getModelRegistryEntry")
+    async def show(self, services: ServicesDep, name: str) -> ModelOut:
+        return await services.models.registry.show(name)
+
+    @post("/aliases/{alias:str}/promote", opt={"action": Action.MODEL_PROMOTE}, operation_id="promoteAlias",
+          status_code=200)
+    async def promote(self, services: ServicesDep, ctx: ContextDep, alias: str, data: Promote) -> AliasOut:
+        return await services.models.registry.promote(ctx, alias, data.version)
+
+    @put("/aliases/{alias:str}/canary", opt={"action": Action.MODEL_CANARY}, operation_id="setAliasCanary",
+         status_code=200)
+    async def canary(self, services: ServicesDep, ctx: ContextDep, alias: str, data: CanaryChange) -> AliasOut:
+        return await services.models.registry.set_canary(ctx, alias, data.version, percent=data.percent,
+                                                         principals=data.principals)
+
+    @post("/aliases/{alias:str}/rollback", opt={"action": Action.MODEL_ROLLBACK}, operation_id="rollbackAlias",
+          status_code=200)
+    async def rollback(self, services: ServicesDep, ctx: ContextDep, alias: str) -> AliasOut:
+        return await services.models.registry.rollback(ctx, alias)
+
+
+MODEL_ROUTES: list[Any] = [ModelController]

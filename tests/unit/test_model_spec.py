@@ -1,0 +1,45 @@
+"""The models file as typed ``ModelSpec``s: the README's format parses, and every mistake is named readably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.models.spec import ModelsFileError, ModelSpec, load_models_file, parse_spec
+
+
+def test_readme_format_parses(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - {alias: mock-gpt, backend: openai, urls: ['http://127.0.0.1:18080/v1'], upstream_model: gpt-x,"
+        " api_key_env: UPSTREAM_KEY}\n"
+        "  - {alias: big, backend: tgi, url: 'http://tgi:80', max_concurrency: 128}\n"
+        "  - {alias: local, backend: embedded, model: /models/my-finetune, classification: restricted,"
+        " retain_content: true, defaults: {temperature: 0, max_tokens: 64}}\n"
+    )
+    mock, big, local = load_models_file(path)
+    assert mock.endpoint_urls() == ["http://127.0.0.1:18080/v1"] and mock.api_key_env == "UPSTREAM_KEY"
+    assert big.max_concurrency == 128 and big.endpoint_urls() == ["http://tgi:80"]
+    assert local.attributes() == {"classification": "restricted", "owner": None, "retain_content": True}
+    assert local.defaults is not None and local.defaults.temperature == 0.0 and local.defaults.max_tokens == 64
+    assert ModelSpec(**{k: v for k, v in {**local.to_dict()}.items() if k != "defaults"}).alias == "local"
+
+
+@pytest.mark.parametrize(("entry", "needle"), [
+    ({"alias": "x", "backend": "tgi", "url": "http://a", "max_concurrency": "lots"},
+     "models[0] ('x'): max_concurrency: Expected `int`, got `str`"),
+    ({"alias": "x", "backend": "tgi", "url": "http://a", "max_concurrency": 0},
+     "max_concurrency: Expected `int` >= 1"),
+    ({"alias": "x", "backend": "openai", "url": "http://a", "retain_content": "yes"},
+     "retain_content: Expected `bool`, got `str`"),
+    ({"alias": "x", "backend": "openai", "url": "http://a", "urls": "http://b"}, "urls: Expected `array`"),
+    ({"alias": "bad alias!", "backend": "openai", "url": "http://a"}, "alias may use letters"),
+    ({"alias": "x", "backend": "openai", "url": "http://a", "api_key_env": "not a var"}, "name an environment"),
+    ({"alias": "x", "backend": "openai", "url": "http://a", "api_key": "s"}, "unknown keys ['api_key']"),
+])
+def test_errors_name_the_entry_and_field(entry: dict, needle: str) -> None:
+    with pytest.raises(ModelsFileError) as err:
+        parse_spec(entry, "models[0]")
+    assert needle in str(err.value)
