@@ -1,5 +1,6 @@
 """SQLAlchemy models per domain. Importing this package registers every table on ``Base.metadata``."""
 
+from gateway.datasets import models as _datasets  # noqa: F401,E402  (register dataset tables)
 from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
     audit,
     identity,  # noqa: F401,E402  (register identity tables)

@@ -10,7 +10,6 @@ import zipfile
 import pytest
 
 from gateway.crypto import open_keyring
-from gateway.db.migrate import upgrade
 from gateway.db.session import Database
 from gateway.settings import Settings
 from tests.unit.test_datasets_pii import PLANTED, TEXT
@@ -46,9 +45,16 @@ def prose(i: int, words: int = 45) -> str:
 
 @pytest.fixture(scope="module")
 def keyring(tmp_path_factory):
+    """The real keyring (envelope encryption) over a SQLite file holding only its data-key table."""
+    from sqlalchemy import create_engine
+
+    from gateway.db.keyring import DataKey
+
     data = tmp_path_factory.mktemp("keyring")
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'k.db'}")
-    upgrade(settings)
+    engine = create_engine(settings.database_url)
+    DataKey.__table__.create(engine)
+    engine.dispose()
     return asyncio.run(open_keyring(settings, Database(settings)))
 
 
