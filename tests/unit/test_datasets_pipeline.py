@@ -10,6 +10,8 @@ import zipfile
 import pytest
 
 from gateway.crypto import open_keyring
+from gateway.datasets.shards import KeyringSealer, iter_split
+from gateway.datasets.storage import LocalStore
 from gateway.db.session import Database
 from gateway.settings import Settings
 from tests.unit.test_datasets_pii import PLANTED, TEXT
@@ -19,8 +21,6 @@ from trainer.datasets.filters import QualityFilter
 from trainer.datasets.ingest import IngestConfig, IngestError, IngestReport, read_records
 from trainer.datasets.pii import hmac_pseudonymiser
 from trainer.datasets.pipeline import PipelineConfig, run_pipeline, sample_quarantine
-from trainer.datasets.shards import KeyringSealer, iter_split
-from trainer.datasets.storage import LocalStore
 from trainer.datasets.tokenise import TokeniseConfig, pack, unpack_bytes
 
 LONG = ("The committee reviewed the annual budget in detail and agreed to fund three new community projects "
@@ -217,7 +217,7 @@ def test_bpe_tokenise_and_pack(tmp_path, keyring):
     result = run_pipeline(src, config, store=store, sealer=sealer, version_id="v3")
     tokens = result.card["tokens"]
     assert tokens["train"]["tokens"] > 0 and tokens["train"]["packed_rows"] >= tokens["train"]["tokens"] // 64
-    from trainer.datasets.shards import read_shard
+    from gateway.datasets.shards import read_shard
 
     entry = result.manifest.of("train.packed")[0]
     ids, cu = unpack_bytes(read_shard(store, sealer, result.manifest, entry))

@@ -9,11 +9,11 @@ import time
 import httpx
 import pytest
 
+from gateway.datasets.shards import KeyringSealer, iter_split
+from gateway.datasets.storage import S3Store, StorageError
 from tests.support.server import free_port
 from tests.unit.test_datasets_pipeline import keyring, prose, write_jsonl  # noqa: F401  (fixture)
 from trainer.datasets.pipeline import PipelineConfig, run_pipeline
-from trainer.datasets.shards import KeyringSealer, iter_split
-from trainer.datasets.storage import S3Store, StorageError
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.datasets.shards import Manifest, Sealer, ShardWriter, iter_split, put_shard, read_shard
+from gateway.datasets.storage import ObjectStore
 from trainer.datasets import augment, card
 from trainer.datasets.bias import BiasConfig, BiasReport
 from trainer.datasets.dedup import DedupConfig, ExactDedup, NearDedup
@@ -28,9 +30,7 @@ from trainer.datasets.ingest import IngestConfig, IngestReport, Source, read_rec
 from trainer.datasets.normalise import normalise
 from trainer.datasets.pii import PiiScrubber
 from trainer.datasets.records import Record, content, joined_text, texts
-from trainer.datasets.shards import Manifest, Sealer, ShardWriter, iter_split, put_shard, read_shard
 from trainer.datasets.split import split_of
-from trainer.datasets.storage import ObjectStore
 from trainer.datasets.tokenise import Encoder, TokeniseConfig, pack, pack_bytes, train_bpe
 
 STAGES = ("ingest", "normalise", "pii", "filters", "exact_dedup", "near_dedup", "augment")

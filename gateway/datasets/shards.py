@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from trainer.datasets.records import Record
-from trainer.datasets.storage import ObjectStore, StorageError
+from gateway.datasets.storage import ObjectStore, StorageError
+
+Record = dict[str, Any]
 
 
 class Sealer(Protocol):
