@@ -29,6 +29,7 @@ from gateway.api.tgi_api import TGIController
 from gateway.authz.actions import Action
 from gateway.authz.guards import context_of, make_authorize
 from gateway.context import RequestContext
+from gateway.datasets.routes import DATASET_ROUTES
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
 from gateway.middleware import request_id_middleware
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *ADMIN_IDENTITY_ROUTES,
             *POLICY_ROUTES,
             *LIMITS_ROUTES,
+            *DATASET_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={

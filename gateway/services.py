@@ -30,6 +30,7 @@ from gateway.authz.store import PolicyStore
 from gateway.authz.sync import ChangeFeed
 from gateway.crypto import open_keyring
 from gateway.crypto.keyring import Keyring
+from gateway.datasets.service import DatasetService
 from gateway.db.session import Database
 from gateway.inference.factory import default_models, load_models_file
 from gateway.inference.router import Router
@@ -72,6 +73,8 @@ class Services:
     inference: InferenceService
     #: ``services.jobs.enqueue("palisade.<domain>.<task>", id)``: Celery by task name (gateway never imports trainer)
     jobs: JobQueue
+    #: governed datasets: registration, four-eyes approval, deletion, and the read side for training runs
+    datasets: DatasetService
 
     async def close(self) -> None:
         await self.usage_watch.close()
@@ -146,6 +149,7 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     await models.seed(specs)
     inference = InferenceService(settings, router, models, authz, limiter, audit, keyring)
     jobs = JobQueue(settings)
+    datasets = DatasetService(settings, db, keyring, audit, jobs)
 
     await change_feed.start()  # the first refresh loads the policy and the limits before anything is decided
     await usage_watch.start()
@@ -171,4 +175,5 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         models=models,
         inference=inference,
         jobs=jobs,
+        datasets=datasets,
     )

@@ -11,7 +11,7 @@ from gateway.jobs import celery_config
 from gateway.settings import Settings, get_settings
 
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``)
-TASK_MODULES = ["trainer.tasks"]
+TASK_MODULES = ["trainer.tasks", "trainer.datasets.tasks"]
 
 
 def make_celery(settings: Settings) -> Celery:

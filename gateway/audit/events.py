@@ -53,6 +53,17 @@ class Tag:
     USAGE_ANOMALY = "limits:usage:anomaly"
     PRINCIPAL_SUSPEND = "limits:principal:suspend"
     PRINCIPAL_UNSUSPEND = "limits:principal:unsuspend"
+    # governed datasets
+    DATASET_CREATE = "dataset:version:create"
+    DATASET_READY = "dataset:version:ready"
+    DATASET_FAILED = "dataset:version:failed"
+    DATASET_APPROVE = "dataset:version:approve"
+    DATASET_REJECT = "dataset:version:reject"
+    DATASET_DECISION_DENIED = "dataset:version:decision-denied"
+    DATASET_BIAS_WAIVE = "dataset:bias:waive"
+    DATASET_DELETE = "dataset:version:delete"
+    DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    DATASET_IMPORT_REFUSED = "dataset:import:refused"
 
 
 @dataclass(slots=True)

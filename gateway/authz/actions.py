@@ -27,6 +27,13 @@ class Action(StrEnum):
     LIMIT_WRITE = "admin:limit:write"
     MODEL_READ = "admin:model:read"
     MODEL_WRITE = "admin:model:write"
+    # governed datasets: registering and reading (owner-scoped), and the four-eyes decision on a version
+    DATASET_CREATE = "dataset:version:create"
+    DATASET_READ = "dataset:version:read"
+    DATASET_DELETE = "dataset:version:delete"
+    DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    DATASET_APPROVE = "approval:dataset:approve"
+    DATASET_REJECT = "approval:dataset:reject"
     # audit
     AUDIT_READ = "audit:log:read"
     AUDIT_EXPORT = "audit:log:export"

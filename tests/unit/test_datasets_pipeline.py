@@ -189,6 +189,10 @@ def test_pipeline_end_to_end(tmp_path, keyring):
             blob = path.read_bytes()
             for needle in [*PLANTED.values(), "library extension", "committee"]:
                 assert needle.encode() not in blob, path
+    from gateway.datasets.markdown import to_markdown
+
+    md = to_markdown(card)
+    assert "## Personal data (pseudonymise)" in md and "| near_dedup |" in md
     samples = sample_quarantine(store, sealer, result.manifest)
     assert set(samples) == {"filters:too_short", "filters:language", "exact_dedup:duplicate",
                             "near_dedup:near_duplicate"}
