@@ -1,7 +1,8 @@
 """The pipeline, stated once: every record flows through the stages below in one streaming pass, then the
 stored training split is tokenised and packed.
 
-    ingest -> normalise -> pii -> filters -> exact_dedup -> near_dedup -> split -> augment (train only)
+    ingest -> normalise -> pii -> filters (trainer.datasets.prepare: per record, on every core)
+           -> exact_dedup -> near_dedup -> split -> augment (train only)
            -> bias report -> shards (encrypted, content-addressed) -> tokenise + pack -> manifest + data card
 
 What a stage removes goes to the encrypted quarantine with its reason (after PII removal, so the quarantine
@@ -25,10 +26,9 @@ from gateway.datasets.storage import ObjectStore
 from trainer.datasets import augment, card
 from trainer.datasets.bias import BiasConfig, BiasReport
 from trainer.datasets.dedup import DedupConfig, ExactDedup, NearDedup
-from trainer.datasets.filters import QualityConfig, QualityFilter
+from trainer.datasets.filters import QualityConfig
 from trainer.datasets.ingest import IngestConfig, IngestReport, Source, read_records
-from trainer.datasets.normalise import normalise
-from trainer.datasets.pii import PiiScrubber
+from trainer.datasets.prepare import Preparer, prepared
 from trainer.datasets.records import Record, content, joined_text, texts
 from trainer.datasets.split import split_of
 from trainer.datasets.tokenise import Encoder, TokeniseConfig, pack, pack_bytes, train_bpe
@@ -49,6 +49,8 @@ class PipelineConfig:
     bias: BiasConfig = field(default_factory=BiasConfig)
     tokenise: TokeniseConfig = field(default_factory=TokeniseConfig)
     shard_records: int = 10_000
+    #: processes for normalise + PII + filters (1 = in-process; a Celery prefork child always runs in-process)
+    workers: int = 1
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> PipelineConfig:
@@ -112,8 +114,8 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
     manifest = Manifest(version=version_id)
     stages = {name: Stage(name) for name in STAGES}
     report = IngestReport(format=config.ingest.format)
-    scrubber = PiiScrubber(config.pii, pseudonym, config.pii_region)
-    quality = QualityFilter(config.quality)
+    preparer = Preparer(config.pii, pseudonym, config.pii_region, config.quality)
+    scrubber, quality = preparer.scrubber, preparer.quality
     exact = ExactDedup() if config.dedup.exact else None
     near = NearDedup(config.dedup) if config.dedup.near else None
     writers = {s: ShardWriter(store, sealer, manifest, s, config.shard_records) for s in ("train", "validation")}
@@ -123,16 +125,13 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
     chars = 0
 
     progress("ingest", 0.0)
-    for n, record in enumerate(read_records(source, config.ingest, report), start=1):
+    records = read_records(source, config.ingest, report)
+    for n, (record, reason) in enumerate(prepared(records, preparer, config.workers), start=1):
         if n % 1000 == 0:
             progress("process", n)
-        record = normalise(record)
-        stages["normalise"].records_in += 1
-        stages["normalise"].records_out += 1
-        record = scrubber.scrub(record)
-        stages["pii"].records_in += 1
-        stages["pii"].records_out += 1
-        record, reason = quality.check(record)
+        for name in ("normalise", "pii"):
+            stages[name].records_in += 1
+            stages[name].records_out += 1
         if not _keep(stages["filters"], quarantine, record, reason):
             continue
         if exact is not None and not _keep(stages["exact_dedup"], quarantine, record,

@@ -8,6 +8,8 @@ crashed attempt stored and starts again; a job whose version is gone or already 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ async def _run(service: DatasetService, version_id: str) -> dict[str, Any]:
     try:
         source = _source(service, row.input_ref or "")
         config = PipelineConfig.from_dict(row.pipeline_config)
+        config = dataclasses.replace(config, workers=service.settings.dataset_workers or os.cpu_count() or 1)
     except Exception as exc:  # noqa: BLE001 - a bad input reference or config fails the version, with its reason
         await service.fail(version_id, f"cannot start: {exc}")
         return {"id": version_id, "status": "failed"}
