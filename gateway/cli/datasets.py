@@ -78,10 +78,13 @@ def datasets() -> None:
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
 @click.option("--tokenizer", default=None, help="Local model folder (its tokenizer) or bpe:<vocab size>.")
 @click.option("--seq-len", type=int, default=1024, show_default=True, help="Packed sequence length.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML/JSON pipeline settings: quality, dedup, bias sections, parallel_after, pii_region.")
 @click.option("--wait", is_flag=True, help="Show progress on stderr; exit 0 when ready, 1 when failed.")
 def create(name: str, path: Path, fmt: str, classification: str, purpose: str, legal_basis: str, source: str,
            licence: str, retention_days: int | None, pii: str, on_error: str, augment: tuple[str, ...],
-           validation_fraction: float, tokenizer: str | None, seq_len: int, wait: bool) -> None:
+           validation_fraction: float, tokenizer: str | None, seq_len: int, config_file: Path | None,
+           wait: bool) -> None:
     """Register a dataset version; prints its id alone on the last line."""
     from gateway.datasets.service import DatasetCreate
     from gateway.errors import ApiError
@@ -89,7 +92,7 @@ def create(name: str, path: Path, fmt: str, classification: str, purpose: str, l
     req = DatasetCreate(name=name, format=fmt, classification=classification, purpose=purpose,
                         legal_basis=legal_basis, source=source, licence=licence, retention_days=retention_days,
                         pii=pii, on_error=on_error, augment=list(augment), validation_fraction=validation_fraction,
-                        tokenizer=tokenizer, seq_len=seq_len)
+                        tokenizer=tokenizer, seq_len=seq_len, config=_load_config(config_file))
 
     async def go() -> Any:
         async with _service() as service:
@@ -113,6 +116,20 @@ def create(name: str, path: Path, fmt: str, classification: str, purpose: str, l
         click.echo(view.id)
         sys.exit(0 if status == "ready" else 1)
     click.echo(view.id)
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"--config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise click.ClickException(f"--config {path}: expected a mapping")
+    return raw
 
 
 def _copy_into(path: Path, writer: Any) -> str:

@@ -43,6 +43,8 @@ FORMATS = ("auto", "chat", "prompt_completion", "text")
 PII_METHODS = ("redact", "mask", "pseudonymise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEES_ALL = ("admin", "approver")
+#: pipeline settings a request may tune (``--config FILE``), validated by the worker
+CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region")
 
 
 class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,9 +84,13 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise BadRequest("tokenizer: a local model folder or bpe:<vocab size>", param="tokenizer")
         if len(json.dumps(self.config)) > 20_000:
             raise BadRequest("config is too large", param="config")
+        unknown = sorted(set(self.config) - set(CONFIG_SECTIONS))
+        if unknown:
+            raise BadRequest(f"config: unknown section {unknown[0]!r}; one of {', '.join(CONFIG_SECTIONS)}",
+                             param="config")
 
     def pipeline_config(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.config.items() if k in ("quality", "dedup", "bias", "shard_records")}
+        out = {k: v for k, v in self.config.items() if k in CONFIG_SECTIONS}
         out.update(ingest={"format": self.format, "on_error": self.on_error}, pii=self.pii,
                    augment=list(self.augment), validation_fraction=self.validation_fraction)
         if self.tokenizer:

@@ -98,8 +98,11 @@ def test_folder_of_text_files(embedded, tmp_path):
     for i in range(5):
         (folder / f"doc{i}.md").write_text(f"# Title {i}\n\n{prose(900 + i)}\n")
     (folder / "sub" / "extra.txt").write_text(prose(999))
-    proc = cli(env, "datasets", "create", "--name", "docs", "--file", str(folder), "--format", "text", "--wait",
-               check=False)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("parallel_after: 2\nquality:\n  min_words: 3\n")  # worker processes inside the Celery job
+    proc = cli(env, "datasets", "create", "--name", "docs", "--file", str(folder), "--format", "text",
+               "--config", str(config), "--wait", check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = show(env, proc.stdout.strip().splitlines()[-1])
     assert card["records_in"] == 6 and card["card"]["format"] == "text"
+    assert card["card"]["config"]["parallel_after"] == 2 and card["card"]["config"]["workers"] >= 1

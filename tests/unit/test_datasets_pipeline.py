@@ -199,8 +199,9 @@ def test_pipeline_end_to_end(tmp_path, keyring):
     # deterministic, and the same on every core: forked workers give the same split, stages and counts
     import dataclasses
 
-    again = run_pipeline(src, dataclasses.replace(config, workers=2), store=LocalStore(tmp_path / "s2"),
-                         sealer=KeyringSealer(keyring, "v1"), version_id="v1",
+    parallel = dataclasses.replace(config, workers=2, parallel_after=10)
+    again = run_pipeline(src, parallel, store=LocalStore(tmp_path / "s2"), sealer=KeyringSealer(keyring, "v1"),
+                         version_id="v1",
                          pseudonym=hmac_pseudonymiser(b"x" * 32))
     for key in ("splits", "stages", "pii", "languages", "duplicates"):
         assert again.card[key] == card[key], key

@@ -191,14 +191,20 @@ def canonical_value(kind: str, value: str) -> str:
     return re.sub(r"[^0-9A-Za-z+]", "", value).upper()
 
 
+class HmacPseudonymiser:
+    """A keyed pseudonym: the same (type, value) -> the same token under one key; not reversible without it.
+    A class (not a closure) so worker processes can receive it."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __call__(self, kind: str, value: str) -> str:
+        msg = f"{kind}\x1f{canonical_value(kind, value)}".encode()
+        return f"<{kind}_{hmac.new(self.key, msg, hashlib.sha256).hexdigest()[:12]}>"
+
+
 def hmac_pseudonymiser(key: bytes) -> Callable[[str, str], str]:
-    """A keyed pseudonym: the same (type, value) -> the same token under one key; not reversible without it."""
-
-    def pseudonym(kind: str, value: str) -> str:
-        digest = hmac.new(key, f"{kind}\x1f{canonical_value(kind, value)}".encode(), hashlib.sha256).hexdigest()
-        return f"<{kind}_{digest[:12]}>"
-
-    return pseudonym
+    return HmacPseudonymiser(key)
 
 
 class PiiScrubber:

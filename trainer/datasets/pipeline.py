@@ -51,6 +51,8 @@ class PipelineConfig:
     shard_records: int = 10_000
     #: processes for normalise + PII + filters (1 = in-process; a Celery prefork child always runs in-process)
     workers: int = 1
+    #: records handled in-process before worker processes start (small jobs never pay their start-up)
+    parallel_after: int = 5000
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> PipelineConfig:
@@ -125,8 +127,9 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
     chars = 0
 
     progress("ingest", 0.0)
-    records = read_records(source, config.ingest, report)
-    for n, (record, reason) in enumerate(prepared(records, preparer, config.workers), start=1):
+    records = prepared(read_records(source, config.ingest, report), preparer, config.workers,
+                       serial_records=config.parallel_after)
+    for n, (record, reason) in enumerate(records, start=1):
         if n % 1000 == 0:
             progress("process", n)
         for name in ("normalise", "pii"):

@@ -5,12 +5,15 @@ input order (dedup, split and storage stay sequential and deterministic). At mos
 flight, so memory stays bounded however large the input. Counters (PII by type, languages, boilerplate lines)
 come back with each batch and are merged into the parent's, so the data card is the same either way.
 
-A Celery prefork child is a daemon process and may not fork; there (and with ``workers=1``) the stages run
-in-process.
+Workers are spawned, not forked (a Celery worker process has threads, and a fork can inherit a lock another
+thread held), and only once ``serial_records`` have gone by in-process, so a small job never pays their start-up.
+A Celery prefork child is a daemon process and may not start processes; there (and with ``workers=1``) the
+stages run in-process.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,7 +47,13 @@ class Preparer:
         self.quality.boilerplate_lines += boilerplate
 
 
-_WORKER: Preparer | None = None  # the forked children's copy
+_WORKER: Preparer | None = None  # a worker process's copy
+
+
+def _init(preparer: Preparer) -> None:
+    global _WORKER
+    _WORKER = preparer
+    preparer.take_counters()  # start from zero: the parent keeps what it counted before the pool started
 
 
 def _run_batch(batch: list[Record]) -> tuple[list[Prepared], Any]:
@@ -53,16 +62,22 @@ def _run_batch(batch: list[Record]) -> tuple[list[Prepared], Any]:
     return results, _WORKER.take_counters()
 
 
-def prepared(records: Iterator[Record], preparer: Preparer, workers: int = 1,
-             batch_size: int = 256) -> Iterator[Prepared]:
+def prepared(records: Iterator[Record], preparer: Preparer, workers: int = 1, batch_size: int = 256,
+             serial_records: int = 5000) -> Iterator[Prepared]:
+    records = iter(records)
     if workers <= 1 or multiprocessing.current_process().daemon:
         for r in records:
             yield preparer(r)
         return
-    global _WORKER
-    _WORKER = preparer
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) as pool:
+    for _, r in zip(range(serial_records), records, strict=False):
+        yield preparer(r)
+    try:
+        first = next(records)
+    except StopIteration:
+        return
+    records = itertools.chain([first], records)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init, initargs=(preparer,)) as pool:
         pending: list[Any] = []
 
         def batches() -> Iterator[list[Record]]:

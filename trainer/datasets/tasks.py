@@ -21,7 +21,7 @@ from gateway.datasets.service import DatasetService
 from gateway.datasets.shards import KeyringSealer
 from gateway.datasets.uploads import open_upload
 from trainer.datasets.ingest import IngestError, Source
-from trainer.datasets.pii import canonical_value
+from trainer.datasets.pii import HmacPseudonymiser
 from trainer.datasets.pipeline import PipelineConfig, run_pipeline
 
 _log = structlog.get_logger("palisade.datasets")
@@ -49,10 +49,9 @@ async def _run(service: DatasetService, version_id: str) -> dict[str, Any]:
         await service.fail(version_id, f"cannot start: {exc}")
         return {"id": version_id, "status": "failed"}
 
-    def pseudonym(kind: str, value: str) -> str:
-        # keyed by the datasets data key and the version: same value -> same token within a version only
-        digest = keyring.hmac("datasets", f"pii\x1f{version_id}\x1f{kind}\x1f{canonical_value(kind, value)}")
-        return f"<{kind}_{digest.split(':', 1)[1][:12]}>"
+    # keyed by the datasets data key and the version: the same value -> the same token within a version only
+    pseudonym = HmacPseudonymiser(bytes.fromhex(keyring.hmac("datasets", f"pii-pseudonyms\x1f{version_id}")
+                                                .split(":", 1)[1]))
 
     latest: dict[str, Any] = {}
 
