@@ -55,6 +55,8 @@ class QualityConfig:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_PLACEHOLDER = re.compile(r"<[A-Z_]+_[0-9a-f]{12}>|\[[A-Z_]+\]")
+_ALPHA_WORD = re.compile(r"(?<!\S)\S*?[^\W\d_]\S*", re.UNICODE)  # whitespace-separated words with a letter
 
 
 class QualityFilter:
@@ -97,7 +99,7 @@ class QualityFilter:
         symbols = text.count("#") + text.count("...") + text.count("…")
         if symbols / len(words) > c.max_symbol_word_ratio:
             return "symbol_word_ratio"
-        if sum(1 for w in words if any(ch.isalpha() for ch in w)) / len(words) < c.min_alpha_word_fraction:
+        if len(_ALPHA_WORD.findall(text)) / len(words) < c.min_alpha_word_fraction:
             return "alpha_word_fraction"
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if len(lines) > 1:
@@ -147,4 +149,5 @@ class QualityFilter:
             import py3langid
 
             self._langid = py3langid.classify
-        return self._langid(text[:2000])[0]
+        # PII stand-ins (<EMAIL_3fa9...>, [PHONE]) are no language; the first 600 characters are enough to tell
+        return self._langid(_PLACEHOLDER.sub(" ", text)[:600])[0]

@@ -62,6 +62,7 @@ _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _TAX_ID = re.compile(r"(?<!\d)(?<!\d[.,/-])[1-9]\d(?: ?\d{3}){3}(?!\d)(?![.,/-]\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_DIGIT = re.compile(r"\d")
 _PHONE_HINT = re.compile(r"\d[\d \-/().]{4,}\d")
 _MONTHS = (r"Jan(?:uar|uary)?|Feb(?:ruar|ruary)?|M(?:ä|ae)rz|Mar(?:ch)?|Apr(?:il)?|Mai|May|Jun[ie]?|Jul[iy]?|"
            r"Aug(?:ust)?|Sep(?:t(?:ember)?)?|O[ck]t(?:ober)?|Nov(?:ember)?|De[cz](?:ember)?")
@@ -131,8 +132,7 @@ def find_pii(text: str, region: str = "DE") -> list[Finding]:
     found: list[Finding] = []
     if "@" in text:
         found += [Finding(m.start(), m.end(), "EMAIL", m.group()) for m in _EMAIL.finditer(text)]
-    has_digit = any(c.isdigit() for c in text)
-    if has_digit:
+    if _DIGIT.search(text):
         for m in _IBAN.finditer(text):
             if iban_ok(m.group().replace(" ", "")):
                 found.append(Finding(m.start(), m.end(), "IBAN", m.group()))
