@@ -20,6 +20,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway.api import health
+from gateway.api.admin_datasets import DATASET_ROUTES
 from gateway.api.admin_keys import ADMIN_IDENTITY_ROUTES
 from gateway.api.admin_limits import LIMITS_ROUTES
 from gateway.api.admin_models import MODEL_ROUTES
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *POLICY_ROUTES,
             *LIMITS_ROUTES,
             *MODEL_ROUTES,
+            *DATASET_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={

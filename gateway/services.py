@@ -31,6 +31,7 @@ from gateway.authz.store import PolicyStore
 from gateway.changes import ChangeFeed
 from gateway.crypto import open_keyring
 from gateway.crypto.keyring import Keyring
+from gateway.datasets.service import DatasetService
 from gateway.db.session import Database
 from gateway.inference.router import Router
 from gateway.inference.service import InferenceService
@@ -73,6 +74,8 @@ class Services:
     inference: InferenceService
     #: ``services.jobs.enqueue("palisade.<domain>.<task>", id)``: Celery by task name (gateway never imports trainer)
     jobs: JobQueue
+    #: governed datasets: registration, four-eyes approval, deletion, and the read side for training runs
+    datasets: DatasetService
 
     async def close(self) -> None:
         await self.usage_watch.close()
@@ -150,6 +153,7 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     change_feed.watch("models", models.refresh)
     inference = InferenceService(settings, router, models, authz, limiter, audit, keyring)
     jobs = JobQueue(settings)
+    datasets = DatasetService(settings, db, keyring, audit, jobs)
 
     await change_feed.start()  # the first refresh loads the policy and the limits before anything is decided
     await usage_watch.start()
@@ -175,4 +179,5 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         models=models,
         inference=inference,
         jobs=jobs,
+        datasets=datasets,
     )

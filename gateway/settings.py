@@ -110,6 +110,15 @@ class Settings:
     health_interval_s: float = setting(5.0, "Active health-check period.", "inference")
     breaker_failures: int = setting(3, "Consecutive failures that open a breaker.", "inference")
     breaker_reset_s: float = setting(10.0, "Open breaker waits this long.", "inference")
+    # --- training: governed datasets ---------------------------------------------------------------------
+    dataset_store: str = setting("", "Where encrypted dataset shards live: empty = <data_dir>/datasets, "
+                                     "file://PATH or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL).", "training")
+    dataset_upload_max_bytes: int = setting(2 * 1024**3, "Dataset uploads above this get 413.", "training")
+    dataset_workers: int = setting(0, "Processes a pipeline job uses for normalise + PII + filters; 0 = every "
+                                      "core (a Celery prefork child always uses one).", "training")
+    dataset_import_dir: Path | None = setting(None, "Server-side folder the API may import datasets from (no "
+                                                    "'..', no symlinks out); unset = no server-side import.",
+                                              "training")
 
     # ------------------------------------------------------------------------------------------------------
     @property

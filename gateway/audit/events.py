@@ -65,6 +65,17 @@ class Tag:
     MODEL_ARTIFACT_REJECTED = "registry:artifact:rejected"
     MODEL_SWAP = "registry:replica:swap"
     MODEL_SWAP_FAILED = "registry:replica:swap-failed"
+    # governed datasets
+    DATASET_CREATE = "dataset:version:create"
+    DATASET_READY = "dataset:version:ready"
+    DATASET_FAILED = "dataset:version:failed"
+    DATASET_APPROVE = "dataset:version:approve"
+    DATASET_REJECT = "dataset:version:reject"
+    DATASET_DECISION_DENIED = "dataset:version:decision-denied"
+    DATASET_BIAS_WAIVE = "dataset:bias:waive"
+    DATASET_DELETE = "dataset:version:delete"
+    DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    DATASET_IMPORT_REFUSED = "dataset:import:refused"
 
 
 @dataclass(slots=True)

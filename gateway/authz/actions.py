@@ -32,6 +32,13 @@ class Action(StrEnum):
     MODEL_PROMOTE = "approval:model:promote"
     MODEL_CANARY = "approval:model:canary"
     MODEL_ROLLBACK = "approval:model:rollback"
+    # governed datasets: registering and reading (owner-scoped), and the four-eyes decision on a version
+    DATASET_CREATE = "dataset:version:create"
+    DATASET_READ = "dataset:version:read"
+    DATASET_DELETE = "dataset:version:delete"
+    DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    DATASET_APPROVE = "approval:dataset:approve"
+    DATASET_REJECT = "approval:dataset:reject"
     # audit
     AUDIT_READ = "audit:log:read"
     AUDIT_EXPORT = "audit:log:export"

@@ -2,6 +2,7 @@
 
 from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
     audit,
+    datasets,  # governed datasets: datasets, versions, approvals
     identity,  # noqa: F401,E402  (register identity tables)
     keyring,
     keys,

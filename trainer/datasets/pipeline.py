@@ -1,0 +1,253 @@
+"""The pipeline, stated once: every record flows through the stages below in one streaming pass, then the
+stored training split is tokenised and packed.
+
+    ingest -> normalise -> pii -> filters (trainer.datasets.prepare: per record, on every core)
+           -> exact_dedup -> near_dedup -> split -> augment (train only)
+           -> bias report -> shards (encrypted, content-addressed) -> tokenise + pack -> manifest + data card
+
+What a stage removes goes to the encrypted quarantine with its reason (after PII removal, so the quarantine
+holds no more personal data than the output). On any error everything written for the version is deleted:
+nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.datasets.shards import Manifest, Sealer, ShardWriter, iter_split, put_shard, read_shard
+from gateway.datasets.storage import ObjectStore
+from trainer.datasets import augment, card
+from trainer.datasets.bias import BiasConfig, BiasReport
+from trainer.datasets.dedup import DedupConfig, ExactDedup, NearDedup
+from trainer.datasets.filters import QualityConfig
+from trainer.datasets.ingest import IngestConfig, IngestReport, Source, read_records
+from trainer.datasets.prepare import Preparer, prepared
+from trainer.datasets.records import Record, content, joined_text, texts
+from trainer.datasets.split import split_of
+from trainer.datasets.tokenise import Encoder, TokeniseConfig, pack, pack_bytes, train_bpe
+
+STAGES = ("ingest", "normalise", "pii", "filters", "exact_dedup", "near_dedup", "augment")
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    pii: str = "redact"
+    pii_region: str = "DE"
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    validation_fraction: float = 0.1
+    augment: tuple[str, ...] = ()  # "counterfactual"
+    bias: BiasConfig = field(default_factory=BiasConfig)
+    tokenise: TokeniseConfig = field(default_factory=TokeniseConfig)
+    shard_records: int = 10_000
+    #: processes for normalise + PII + filters (1 = in-process; a Celery prefork child always runs in-process)
+    workers: int = 1
+    #: records handled in-process before worker processes start (small jobs never pay their start-up)
+    parallel_after: int = 5000
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> PipelineConfig:
+        raw = dict(raw or {})
+        return cls(
+            ingest=IngestConfig(**raw.pop("ingest", {})),
+            quality=QualityConfig.from_dict(raw.pop("quality", None)),
+            dedup=DedupConfig.from_dict(raw.pop("dedup", None)),
+            bias=BiasConfig.from_dict(raw.pop("bias", None)),
+            tokenise=TokeniseConfig.from_dict(raw.pop("tokenise", None)),
+            augment=tuple(raw.pop("augment", ())),
+            **raw,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Stage:
+    name: str
+    records_in: int = 0
+    records_out: int = 0
+    removed: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "records_in": self.records_in, "records_out": self.records_out,
+                "removed": dict(self.removed)}
+
+
+@dataclass
+class PipelineResult:
+    manifest: Manifest
+    card: dict[str, Any]
+
+
+class _Quarantine:
+    """Removed records with stage and reason, sealed like the output."""
+
+    def __init__(self, writer: ShardWriter) -> None:
+        self.writer = writer
+
+    def put(self, stage: str, reason: str, record: Record) -> None:
+        self.writer.add({"stage": stage, "reason": reason, "record": content(record)})
+
+
+def run_pipeline(source: Path | Source, config: PipelineConfig, *, store: ObjectStore, sealer: Sealer,
+                 version_id: str, pseudonym: Callable[[str, str], str] | None = None,
+                 progress: Progress | None = None) -> PipelineResult:
+    """Process ``source`` into version ``version_id``; on failure delete whatever was stored, then re-raise."""
+    try:
+        return _run(source, config, store, sealer, version_id, pseudonym, progress or (lambda s, f: None))
+    except BaseException:
+        store.delete_prefix(version_id)
+        raise
+
+
+def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, sealer: Sealer, version_id: str,
+         pseudonym: Callable[[str, str], str] | None, progress: Progress) -> PipelineResult:
+    started = time.monotonic()
+    manifest = Manifest(version=version_id)
+    stages = {name: Stage(name) for name in STAGES}
+    report = IngestReport(format=config.ingest.format)
+    preparer = Preparer(config.pii, pseudonym, config.pii_region, config.quality)
+    scrubber, quality = preparer.scrubber, preparer.quality
+    exact = ExactDedup() if config.dedup.exact else None
+    near = NearDedup(config.dedup) if config.dedup.near else None
+    writers = {s: ShardWriter(store, sealer, manifest, s, config.shard_records) for s in ("train", "validation")}
+    quarantine = _Quarantine(ShardWriter(store, sealer, manifest, "quarantine", config.shard_records))
+    bias_before, bias_after = BiasReport(config.bias), BiasReport(config.bias)
+    augmented: dict[str, int] = {}
+    chars = 0
+
+    progress("ingest", 0.0)
+    records = prepared(read_records(source, config.ingest, report), preparer, config.workers,
+                       serial_records=config.parallel_after)
+    for n, (record, reason) in enumerate(records, start=1):
+        if n % 1000 == 0:
+            progress("process", n)
+        for name in ("normalise", "pii"):
+            stages[name].records_in += 1
+            stages[name].records_out += 1
+        if not _keep(stages["filters"], quarantine, record, reason):
+            continue
+        if exact is not None and not _keep(stages["exact_dedup"], quarantine, record,
+                                           "duplicate" if exact.is_duplicate(record) else None):
+            continue
+        if near is not None and not _keep(stages["near_dedup"], quarantine, record,
+                                          "near_duplicate" if near.is_duplicate(record) else None):
+            continue
+        split = split_of(record, config.validation_fraction)
+        out = {**content(record), "meta": record.get("meta", {})}
+        rows = [out]
+        if split == "train" and "counterfactual" in config.augment:
+            extra = augment.counterfactual(out)
+            if extra is not None:
+                rows.append(extra)
+                augmented["counterfactual"] = augmented.get("counterfactual", 0) + 1
+        stages["augment"].records_in += 1
+        stages["augment"].records_out += len(rows)
+        bias_before.add(out)
+        for row in rows:
+            bias_after.add(row)
+            chars += len(joined_text(row))
+            writers[split].add(row)
+    stages["ingest"].records_in = report.records + report.skipped
+    stages["ingest"].records_out = report.records
+    if report.skipped:
+        stages["ingest"].removed["malformed"] = report.skipped
+    for w in (*writers.values(), quarantine.writer):
+        w.flush()
+    progress("tokenise", 0.0)
+    tokens = _tokenise(config.tokenise, store, sealer, manifest, progress)
+    progress("store", 1.0)
+    store.put(f"{version_id}/manifest.json", manifest.to_json())
+    data_card = card.build(
+        version_id=version_id, config=config, report=report, stages=[s.to_dict() for s in stages.values()],
+        pii_counts=dict(scrubber.counts), splits={s: w.records for s, w in writers.items()},
+        quarantined=quarantine.writer.records, languages=dict(quality.languages),
+        boilerplate_lines=quality.boilerplate_lines,
+        duplicates={"exact": exact.removed if exact else 0, "near": near.removed if near else 0,
+                    "near_clusters": near.clusters if near else 0},
+        bias={"before_augmentation": bias_before.result(), "after_augmentation": bias_after.result()},
+        augmentation=augmented, tokens=tokens, chars=chars, digest=manifest.digest,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return PipelineResult(manifest=manifest, card=data_card)
+
+
+def _keep(stage: Stage, quarantine: _Quarantine, record: Record, reason: str | None) -> bool:
+    stage.records_in += 1
+    if reason is None:
+        stage.records_out += 1
+        return True
+    stage.removed[reason] += 1
+    quarantine.put(stage.name, reason, record)
+    return False
+
+
+def _tokenise(config: TokeniseConfig, store: ObjectStore, sealer: Sealer, manifest: Manifest,
+              progress: Progress) -> dict[str, Any]:
+    if not config.tokenizer:
+        return {}
+    if config.tokenizer.startswith("bpe:"):
+        tok = train_bpe((" ".join(texts(r)) for r in iter_split(store, sealer, manifest, "train")),
+                        int(config.tokenizer[4:]))
+        put_shard(store, sealer, manifest, "tokenizer", "tokenizer.json", tok.to_str().encode(), 0)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(config.tokenizer, local_files_only=True)
+    encoder = Encoder(tok)
+    out: dict[str, Any] = {"tokenizer": config.tokenizer, "seq_len": config.seq_len}
+    for split in ("train", "validation"):
+        count = 0
+        rows: list[tuple[list[int], list[int]]] = []
+        n_rows = 0
+
+        def docs(split: str = split) -> Iterator[list[int]]:
+            nonlocal count
+            for r in iter_split(store, sealer, manifest, split):
+                ids = encoder.encode(r)
+                count += len(ids)
+                yield ids
+
+        for row in pack(docs(), config.seq_len):
+            rows.append(row)
+            if len(rows) >= config.rows_per_shard:
+                put_shard(store, sealer, manifest, f"{split}.packed", "npz", pack_bytes(rows), len(rows))
+                n_rows += len(rows)
+                rows = []
+        if rows:
+            put_shard(store, sealer, manifest, f"{split}.packed", "npz", pack_bytes(rows), len(rows))
+            n_rows += len(rows)
+        out[split] = {"tokens": count, "packed_rows": n_rows}
+        progress("tokenise", 1.0 if split == "validation" else 0.5)
+    return out
+
+
+def sample_quarantine(store: ObjectStore, sealer: Sealer, manifest: Manifest, per_reason: int = 5,
+                      seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """A reservoir sample of removed records per ``stage:reason`` for an approver to judge a filter's effect."""
+    rng = random.Random(seed)
+    samples: dict[str, list[dict[str, Any]]] = {}
+    seen: Counter[str] = Counter()
+    for entry in manifest.of("quarantine"):
+        for line in read_shard(store, sealer, manifest, entry).splitlines():
+            item = json.loads(line)
+            key = f"{item['stage']}:{item['reason']}"
+            seen[key] += 1
+            bucket = samples.setdefault(key, [])
+            if len(bucket) < per_reason:
+                bucket.append(item["record"])
+            else:
+                j = rng.randrange(seen[key])
+                if j < per_reason:
+                    bucket[j] = item["record"]
+    return samples
