@@ -3,6 +3,7 @@ keeps a checkpoint. Real processes (``python -m trainer.runs.worker``), a tiny m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -77,8 +78,8 @@ def test_cancel_stops_cooperatively_and_keeps_a_checkpoint(tiny_model_dir, tmp_p
     proc = TrainingProcess(run_dir, gpus=0)
     proc.start()
     seen: list[dict] = []
-    code = supervise(proc, on_event=seen.append, cancel_requested=lambda: any(e["type"] == "step" for e in seen),
-                     grace_s=60, poll_s=0.1)
+    code = asyncio.run(supervise(proc, on_event=seen.append, cancel_requested=lambda: any(e["type"] == "step" for e in seen),
+                     grace_s=60, poll_s=0.1))
     assert code == EXIT_CANCELLED
     assert checkpoint.exists(run_dir)
     assert seen[-1]["type"] == "end" and seen[-1]["status"] == "cancelled"
@@ -94,5 +95,5 @@ def test_hard_stop_after_grace_period(tiny_model_dir, tmp_path):
     proc.start()
     _wait_for(run_dir, lambda e: e["type"] == "start")  # the SIGTERM handler is installed by now
     os.killpg(proc.pid, signal.SIGSTOP)  # a hung process: cannot react to the cancel file or SIGTERM
-    code = supervise(proc, cancel_requested=lambda: True, grace_s=0.5, poll_s=0.1)
+    code = asyncio.run(supervise(proc, cancel_requested=lambda: True, grace_s=0.5, poll_s=0.1))
     assert code == -signal.SIGKILL

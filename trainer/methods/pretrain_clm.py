@@ -69,5 +69,5 @@ def prepare(cfg: PretrainCLMConfig, base: str | None, source: DatasetSource, wor
     validation = blocks(tokenizer, [record_text(r) for r in source.records("validation")], cfg.seq_len)
     return Prepared(model=model, train=train, validation=validation, collate=collate, loss=lm_loss,
                     save=lambda m, out: save_hf(m, tokenizer, out), tokenizer=tokenizer,
-                    info={"preset": preset_name(base, cfg.preset), "vocab_size": len(tokenizer),
+                    info={"family": "causal", "preset": preset_name(base, cfg.preset), "vocab_size": len(tokenizer),
                           "parameters": sum(p.numel() for p in model.parameters())})

@@ -129,4 +129,4 @@ def prepare(cfg: Seq2SeqConfig, base: str | None, source: DatasetSource, work_di
     return Prepared(model=model, train=train, validation=examples(val_records),
                     collate=make_collate(tokenizer, cfg, objective == "span_corruption"), loss=loss,
                     save=lambda m, out: save_hf(m, tokenizer, out), tokenizer=tokenizer,
-                    info={"objective": objective})
+                    info={"family": "seq2seq", "objective": objective})

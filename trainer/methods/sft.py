@@ -146,4 +146,4 @@ def prepare(cfg: SFTConfig, base: str | None, source: DatasetSource, work_dir: P
 
     return Prepared(model=model, train=train, validation=validation, collate=make_collate(tokenizer.pad_token_id),
                     loss=lm_loss, save=save, tokenizer=tokenizer,
-                    info={"lora": cfg.lora, "base": base, "packing": cfg.packing})
+                    info={"family": "causal", "lora": cfg.lora, "base": base, "packing": cfg.packing})

@@ -8,6 +8,8 @@ file + SIGTERM (cooperative: the loop checkpoints and exits), then SIGKILL after
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from trainer.runs.events import EventReader
@@ -87,26 +90,36 @@ class TrainingProcess:
         return self.proc.wait(timeout)
 
 
-def supervise(process: TrainingProcess, *, on_event: Callable[[dict], None] = lambda e: None,
-              heartbeat: Callable[[], None] = lambda: None, cancel_requested: Callable[[], bool] = lambda: False,
-              grace_s: float = 30.0, poll_s: float = 0.5, heartbeat_s: float = 5.0) -> int:
-    """Run until the process exits; returns its exit code (-9 after a hard stop)."""
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    value = fn(*args)
+    return await value if inspect.isawaitable(value) else value
+
+
+async def supervise(process: TrainingProcess, *, on_event: Callable[[dict], Any] = lambda e: None,
+                    heartbeat: Callable[[], Any] = lambda: None, cancel_requested: Callable[[], Any] = lambda: False,
+                    grace_s: float = 30.0, poll_s: float = 0.5, heartbeat_s: float = 5.0) -> int:
+    """Run until the process exits; returns its exit code (-9 after a hard stop).
+
+    Callbacks may be plain or async. ``heartbeat`` returning False means the lease was lost (another worker
+    took the run over): the process is stopped at once.
+    """
     reader = EventReader(process.run_dir / "events.jsonl")
     cancel_at: float | None = None
     last_beat = 0.0
     while True:
         code = process.poll()
         for event in reader.read_new():
-            on_event(event)
+            await _call(on_event, event)
         if code is not None:
             return code
         now = time.monotonic()
         if now - last_beat >= heartbeat_s:
-            heartbeat()
             last_beat = now
-        if cancel_at is None and cancel_requested():
+            if await _call(heartbeat) is False:
+                process.kill()
+        if cancel_at is None and await _call(cancel_requested):
             process.request_cancel()
             cancel_at = now
         elif cancel_at is not None and now - cancel_at > grace_s:
             process.kill()
-        time.sleep(poll_s)
+        await asyncio.sleep(poll_s)
