@@ -8,7 +8,6 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
     policy,  # noqa: F401,E402  (register authorization + limits tables)
     registry,
 )
-from gateway.db.base import Base  # noqa: E402
-from gateway.runs import models as _runs  # noqa: F401,E402  (register training-run tables)
+from gateway.db.base import Base
 
 __all__ = ["Base"]

@@ -99,6 +99,15 @@ class RunExecutor:
             return {"run": run_id, "status": "failed"}
         await self._audit(Tag.RUN_START, run_id, attempt=run.attempts, owner=self.owner)
         try:
+            return await self._train(run)
+        except Exception as exc:  # never leave a run "running" behind a crashed task
+            await self.store.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            await self._audit(Tag.RUN_FINISH, run_id, status="failed", reason=str(exc)[:300])
+            raise
+
+    async def _train(self, run) -> dict[str, Any]:
+        run_id = run.id
+        try:
             run_dir = self._prepare_dir(run)
         except (LookupError, ValueError, OSError) as exc:
             await self.store.finish(run_id, "failed", error=str(exc))

@@ -19,6 +19,7 @@ Sweep spec (``--sweep FILE``, YAML or JSON)::
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,15 +51,17 @@ def suggest(trial: optuna.Trial, parameters: dict[str, dict]) -> dict[str, Any]:
 
 def make_study(spec: dict, seed: int) -> optuna.Study:
     direction = spec.get("direction", "minimize")
-    if spec.get("sampler") == "grid":
-        grid = {k: list(v["choices"]) for k, v in spec["parameters"].items()}
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.NopPruner() if spec.get("pruner") == "none" else optuna.pruners.MedianPruner(
         n_startup_trials=1, n_warmup_steps=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    if spec.get("sampler") == "grid":
+        # every combination, enqueued in order (Optuna's GridSampler stops the study from inside tell(),
+        # which only works under study.optimize, not the ask/tell loop that one-job-per-trial needs)
+        names = list(spec["parameters"])
+        for combo in itertools.product(*(spec["parameters"][n]["choices"] for n in names)):
+            study.enqueue_trial(dict(zip(names, combo, strict=True)))
+    return study
 
 
 class SweepDriver:
@@ -71,6 +74,14 @@ class SweepDriver:
         parent = await self.store.claim(sweep_id)
         if parent is None:
             return {"run": sweep_id, "skipped": True}
+        try:
+            return await self._drive(sweep_id, parent)
+        except Exception as exc:  # never leave a sweep "running" behind a crashed driver
+            await self.store.finish(sweep_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            await self._audit_finish(sweep_id, "failed", reason=str(exc)[:300])
+            raise
+
+    async def _drive(self, sweep_id: str, parent: TrainingRun) -> dict[str, Any]:
         spec = parent.sweep or {}
         metric = spec.get("metric", "eval_loss")
         study = make_study(spec, int(parent.config.get("seed", 1234)))
@@ -83,10 +94,7 @@ class SweepDriver:
             if not ok or cancelled:
                 break
             trial = study.ask()
-            try:
-                params = suggest(trial, spec["parameters"])
-            except RuntimeError:  # grid exhausted
-                break
+            params = suggest(trial, spec["parameters"])
             child = await self._create_trial(parent, number, params)
             await self.store.record(sweep_id, [{"type": "trial", "trial": number, "run": child.id,
                                                 "params": params}])
