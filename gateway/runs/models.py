@@ -48,7 +48,8 @@ class TrainingRun(IdMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # --- results ---------------------------------------------------------------------------------------
-    #: {"step", "total_steps", "loss": [...], "lr": [...], "eval": [{step, eval_loss, perplexity}], "tokens_per_s", "eta_s"}
+    #: {"step", "total_steps", "loss": [...], "lr": [...], "eval": [{step, eval_loss, perplexity}],
+    #:  "tokens_per_s", "eta_s"}
     metrics: Mapped[dict] = mapped_column(default=dict)
     evaluation: Mapped[dict] = mapped_column(default=dict)
     #: [{"name", "metric", "op", "threshold", "value", "passed"}]

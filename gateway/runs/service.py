@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit.events import AuditEvent, Tag
-from gateway.authn.principal import Principal
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authn.stepup import ensure_fresh_mfa
+from gateway.context import Principal, RequestContext
 from gateway.db.base import utcnow
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.runs.models import FINAL, TrainingRun, TrainingRunEvent
@@ -31,13 +31,6 @@ TYPED_KEYS = {"max_steps": int, "epochs": float, "learning_rate": float, "batch_
               "lora_rank": int}
 GATE_OPS = (">=", "<=", ">", "<")
 TASK_RUN, TASK_SWEEP = "palisade.train.run", "palisade.train.sweep"
-
-
-class RunContext(Protocol):
-    """What the service needs of a request context (``gateway.context.RequestContext`` fits)."""
-
-    principal: Principal
-    request_id: str | None
 
 
 class Gate(msgspec.Struct, forbid_unknown_fields=True):
@@ -143,16 +136,15 @@ def is_admin(principal: Principal) -> bool:
 
 
 class RunService:
-    def __init__(self, db, audit, enqueue: Callable[..., Awaitable[Any] | Any]) -> None:
+    def __init__(self, db, audit: AuditTrail, enqueue: Callable[..., Any]) -> None:
         self.db = db  # gateway.db.session.Database
-        self.audit = audit  # anything with ``async record(AuditEvent)``
-        self.enqueue = enqueue  # enqueue(task_name, *args), after the commit
+        self.audit = audit
+        self.enqueue = enqueue  # services.jobs.enqueue(task_name, *ids), called after the commit
 
-    async def _record(self, ctx: RunContext, tag: str, run_id: str, **details: Any) -> None:
-        await self.audit.record(AuditEvent(tag=tag, actor=ctx.principal.id, target=f"run:{run_id}",
-                                           request_id=ctx.request_id, details=details))
+    async def _record(self, ctx: RequestContext, tag: str, run_id: str, **details: Any) -> None:
+        await self.audit.record(AuditEvent.of(ctx, tag, target=f"run:{run_id}", **details))
 
-    async def _visible(self, session, ctx: RunContext, run_id: str) -> TrainingRun:
+    async def _visible(self, session, ctx: RequestContext, run_id: str) -> TrainingRun:
         run = await session.get(TrainingRun, run_id)
         if run is None or not (is_admin(ctx.principal) or run.requester == ctx.principal.id
                                or "approver" in ctx.principal.roles):
@@ -160,7 +152,7 @@ class RunService:
         return run
 
     # --- request ---------------------------------------------------------------------------------------
-    async def create(self, ctx: RunContext, body: RunCreate) -> RunView:
+    async def create(self, ctx: RequestContext, body: RunCreate) -> RunView:
         validate_request(body)
         gates = [msgspec.to_builtins(g) for g in body.gates]
         async with self.db.session() as s:
@@ -182,7 +174,7 @@ class RunService:
         return view
 
     # --- four-eyes approval ----------------------------------------------------------------------------
-    async def approve(self, ctx: RunContext, run_id: str, digest: str | None = None) -> RunView:
+    async def approve(self, ctx: RequestContext, run_id: str, digest: str | None = None) -> RunView:
         p = ctx.principal
         if p.kind != "user" or p.auth_method != "session":
             raise Forbidden("approvals come from a person's console session", code="approval_needs_session")
@@ -199,11 +191,11 @@ class RunService:
             run.status, run.approved_by, run.approved_at, run.approved_digest = "queued", p.id, utcnow(), current
             view = self.view(run)
         await self._record(ctx, Tag.RUN_APPROVE, run_id, digest=view.request_digest, requester=view.requester)
-        await _maybe_await(self.enqueue(TASK_SWEEP if view.kind == "sweep" else TASK_RUN, run_id))
+        self.enqueue(TASK_SWEEP if view.kind == "sweep" else TASK_RUN, run_id)
         return view
 
     # --- cancel ----------------------------------------------------------------------------------------
-    async def cancel(self, ctx: RunContext, run_id: str) -> RunView:
+    async def cancel(self, ctx: RequestContext, run_id: str) -> RunView:
         async with self.db.session() as s:
             run = await self._visible(s, ctx, run_id)
             if run.status in FINAL:
@@ -221,7 +213,7 @@ class RunService:
         return view
 
     # --- reads -----------------------------------------------------------------------------------------
-    async def get(self, ctx: RunContext, run_id: str) -> RunView:
+    async def get(self, ctx: RequestContext, run_id: str) -> RunView:
         async with self.db.session() as s:
             run = await self._visible(s, ctx, run_id)
             trials = []
@@ -232,14 +224,14 @@ class RunService:
                            "eval_loss": (t.metrics.get("eval") or [{}])[-1].get("eval_loss")} for t in rows]
             return self.view(run, trials)
 
-    async def list(self, ctx: RunContext) -> list[RunView]:
+    async def list(self, ctx: RequestContext) -> list[RunView]:
         async with self.db.session() as s:
             q = select(TrainingRun).where(TrainingRun.kind != "trial").order_by(TrainingRun.created_at.desc())
             if not (is_admin(ctx.principal) or "approver" in ctx.principal.roles):
                 q = q.where(TrainingRun.requester == ctx.principal.id)
             return [self.view(r) for r in (await s.scalars(q.limit(500))).all()]
 
-    async def events(self, ctx: RunContext, run_id: str, after: int = 0) -> tuple[list[dict], str]:
+    async def events(self, ctx: RequestContext, run_id: str, after: int = 0) -> tuple[list[dict], str]:
         """Events after id ``after`` (for SSE) and the run's status."""
         async with self.db.session() as s:
             run = await self._visible(s, ctx, run_id)
@@ -260,9 +252,3 @@ class RunService:
                        reproducibility=run.reproducibility or {}, error=run.error,
                        created_at=iso(run.created_at) or "", started_at=iso(run.started_at),
                        finished_at=iso(run.finished_at), parent_id=run.parent_id, trials=trials or [])
-
-
-async def _maybe_await(value: Any) -> Any:
-    if hasattr(value, "__await__"):
-        return await value
-    return value

@@ -78,8 +78,8 @@ def test_cancel_stops_cooperatively_and_keeps_a_checkpoint(tiny_model_dir, tmp_p
     proc = TrainingProcess(run_dir, gpus=0)
     proc.start()
     seen: list[dict] = []
-    code = asyncio.run(supervise(proc, on_event=seen.append, cancel_requested=lambda: any(e["type"] == "step" for e in seen),
-                     grace_s=60, poll_s=0.1))
+    stepped = lambda: any(e["type"] == "step" for e in seen)  # noqa: E731
+    code = asyncio.run(supervise(proc, on_event=seen.append, cancel_requested=stepped, grace_s=60, poll_s=0.1))
     assert code == EXIT_CANCELLED
     assert checkpoint.exists(run_dir)
     assert seen[-1]["type"] == "end" and seen[-1]["status"] == "cancelled"

@@ -4,21 +4,18 @@ task trains once, cancel ends ``cancelled`` with a checkpoint, a two-trial sweep
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-
-from msgspec.structs import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from msgspec.structs import replace
 from sqlalchemy import create_engine, func, select, text
 
-from gateway.authn.principal import Principal
+from gateway.context import Principal, RequestContext
 from gateway.db.base import utcnow
 from gateway.errors import ApiError, Conflict, Forbidden, NotFound
 from gateway.runs.models import TrainingRun, TrainingRunEvent
@@ -27,19 +24,14 @@ from tests.support.server import ROOT, base_env
 from tests.support.training_data import chat_rows
 from trainer.runs.data import write_jsonl_source
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600), pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600),
+              pytest.mark.asyncio(loop_scope="session")]
 REDIS_DB = "redis://127.0.0.1:6379/11"
 
 
-@dataclass
-class Ctx:
-    principal: Principal
-    request_id: str | None = None
-
-
-def person(name: str, *roles: str, fresh: bool = True, method: str = "session") -> Ctx:
-    return Ctx(Principal(id=f"user:{name}", kind="user", name=name, auth_method=method, roles=roles,
-                         mfa_at=utcnow() if fresh else utcnow() - timedelta(hours=1)))
+def person(name: str, *roles: str, fresh: bool = True, method: str = "session") -> RequestContext:
+    return RequestContext(Principal(id=f"user:{name}", kind="user", name=name, auth_method=method, roles=roles,
+                                    mfa_at=utcnow() if fresh else utcnow() - timedelta(hours=1)))
 
 
 ALICE, BOB, CAROL = person("alice", "ml_engineer"), person("bob", "approver"), person("carol", "ml_engineer")
@@ -51,8 +43,8 @@ def _migrate(pg_url: str, scratch: Path) -> None:
     import shutil
 
     from alembic import command
-
-    from gateway.db.migrate import ROOT as REPO, alembic_config
+    from gateway.db.migrate import ROOT as REPO
+    from gateway.db.migrate import alembic_config
 
     versions = REPO / "alembic" / "versions"
     cfg = alembic_config(pg_url)
@@ -87,8 +79,7 @@ def env(pg_url, tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def worker(env):
-    args = [sys.executable, "-m", "celery", "-A", "trainer.celery_app:app", "worker", "-Q", "cpu,gpu", "-c", "2",
-            "--prefetch-multiplier", "1", "-l", "warning"]
+    args = [sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu,gpu", "--concurrency", "2"]
     proc = subprocess.Popen(args, env={k: v for k, v in env.items() if k not in ("data_dir", "tiny")}, cwd=ROOT,
                             stdout=open(Path(env["data_dir"]) / "celery.log", "wb"), stderr=subprocess.STDOUT)
     yield proc
@@ -101,25 +92,17 @@ async def services(env, monkeypatch):
     for k, v in env.items():
         if k.startswith("PALISADE_"):
             monkeypatch.setenv(k, v)
-    from gateway.audit.chain import AuditChain
-    from gateway.crypto import open_keyring
-    from gateway.db.session import Database
+    from gateway.runtime import open_services
     from gateway.settings import Settings
 
-    settings = Settings.from_env()
-    db = Database(settings)
-    chain = await AuditChain.open(settings, db, await open_keyring(settings, db))
-    sent: list[tuple] = []
+    async with open_services(Settings.from_env()) as services:
+        sent: list[tuple] = []
 
-    def enqueue(name, *args):
-        sent.append((name, *args))
-        from trainer.celery_app import app
+        def enqueue(name, *args):
+            sent.append((name, *args))
+            return services.jobs.enqueue(name, *args)
 
-        app.send_task(name, args=list(args))
-
-    yield RunService(db, chain, enqueue), db, sent
-    await chain.close()
-    await db.close()
+        yield RunService(services.db, services.audit, enqueue), services.db, sent, services.jobs
 
 
 def _request(env, **config) -> RunCreate:
@@ -140,7 +123,7 @@ async def _wait(service, run_id, pred, timeout=240):
 
 
 async def test_approval_rules(env, services):
-    service, db, sent = services
+    service, db, sent, _jobs = services
     with pytest.raises(Conflict, match="not approved"):
         await service.create(ALICE, replace(_request(env), dataset="dsready"))
     with pytest.raises(NotFound):
@@ -185,12 +168,10 @@ async def test_approval_rules(env, services):
 
 
 async def test_duplicated_task_trains_once(env, services, worker):
-    service, db, _sent = services
+    service, db, _sent, jobs = services
     run = await service.create(ALICE, _request(env))
     await service.approve(BOB, run.id)  # sends the task once...
-    from trainer.celery_app import app
-
-    app.send_task(TASK_RUN, args=[run.id])  # ...and a duplicate delivery
+    jobs.enqueue(TASK_RUN, run.id)  # ...and a duplicate delivery
     view = await _wait(service, run.id, lambda v: v.status in ("succeeded", "failed"))
     assert view.status == "succeeded", view.error
     await asyncio.sleep(3)  # let the duplicate finish its (skipped) attempt
@@ -205,7 +186,7 @@ async def test_duplicated_task_trains_once(env, services, worker):
 
 
 async def test_cancel_ends_cancelled_with_checkpoint(env, services, worker):
-    service, _db, _sent = services
+    service, _db, _sent, _jobs = services
     run = await service.create(ALICE, _request(env, max_steps=100_000, checkpoint_every=100_000))
     await service.approve(BOB, run.id)
     await _wait(service, run.id, lambda v: v.metrics.get("step", 0) >= 1)
@@ -216,7 +197,7 @@ async def test_cancel_ends_cancelled_with_checkpoint(env, services, worker):
 
 
 async def test_two_trial_sweep_picks_the_better_trial(env, services, worker):
-    service, _db, sent = services
+    service, _db, _sent, _jobs = services
     body = replace(_request(env, max_steps=6, eval_every=0),
                    sweep={"trials": 2, "sampler": "grid", "pruner": "none",
                           "parameters": {"learning_rate": {"type": "categorical", "choices": [1e-6, 2e-2]}}})

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from trainer.runs.events import EventReader
 from trainer.runs.worker import CANCEL_FILE

@@ -39,7 +39,8 @@ def suggest(trial: optuna.Trial, parameters: dict[str, dict]) -> dict[str, Any]:
     for name, space in parameters.items():
         kind = space.get("type", "float")
         if kind == "float":
-            out[name] = trial.suggest_float(name, float(space["low"]), float(space["high"]), log=space.get("log", False))
+            out[name] = trial.suggest_float(name, float(space["low"]), float(space["high"]),
+                                            log=space.get("log", False))
         elif kind == "int":
             out[name] = trial.suggest_int(name, int(space["low"]), int(space["high"]), log=space.get("log", False))
         elif kind == "categorical":
