@@ -8,10 +8,10 @@ Create Date: 2026-11-26 05:23:25.997007
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from alembic import op
 
 import gateway.db.base
-from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = '0001'
 down_revision = None

@@ -7,10 +7,10 @@ Revises: 0002
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import gateway.db.base
-from alembic import op
 
 revision = "0003"
 down_revision = "0002"
