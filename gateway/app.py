@@ -32,6 +32,7 @@ from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
 from gateway.middleware import request_id_middleware
+from gateway.runs.routes import RUN_ROUTES
 from gateway.services import Services, build_services
 from gateway.settings import Settings, get_settings
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *ADMIN_IDENTITY_ROUTES,
             *POLICY_ROUTES,
             *LIMITS_ROUTES,
+            *RUN_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={
