@@ -16,14 +16,20 @@ class EventWriter:
     def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self._fh = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
             return
-        line = json.dumps({"type": kind, "time": time.time(), **fields}, default=str)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
+        if self._fh is None:  # opened once, appended line by line; each line is flushed for the reader
+            self._fh = self.path.open("a", encoding="utf-8")
+        self._fh.write(json.dumps({"type": kind, "time": time.time(), **fields}, default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 class EventReader:
