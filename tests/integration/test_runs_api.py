@@ -23,7 +23,6 @@ def migrate_with_runs(settings) -> None:
     from pathlib import Path
 
     from alembic import command
-
     from gateway.db.migrate import ROOT, alembic_config
     from gateway.runs.models import TrainingRun, TrainingRunEvent
 

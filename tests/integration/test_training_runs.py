@@ -167,6 +167,30 @@ async def test_approval_rules(env, services):
         await service.cancel(ALICE, run.id)
 
 
+async def test_lease_admits_one_worker_and_passes_to_another_when_it_dies(env, services):
+    """The database lease: a second claim fails while the first holder is alive; after its lease lapses (a dead
+    worker stops heartbeating) another worker takes the run over, and the stale one can no longer write."""
+    from trainer.runs.store import RunStore
+
+    _service, db, _sent, _jobs = services
+    async with db.session() as s:
+        row = TrainingRun(dataset_id="dsapproved", method="sft-lora", config={}, gates=[], requester="user:alice",
+                          request_digest="x", status="queued")
+        s.add(row)
+        await s.flush()
+        run_id = row.id
+    first, second = RunStore(db, "worker-a", timedelta(seconds=1)), RunStore(db, "worker-b")
+    assert (await first.claim(run_id)).lease_owner == "worker-a"
+    assert await second.claim(run_id) is None
+    assert (await second.heartbeat(run_id))[0] is False
+    await asyncio.sleep(1.5)  # worker-a died: no heartbeat
+    taken = await second.claim(run_id)
+    assert taken.lease_owner == "worker-b" and taken.attempts == 2 and taken.status == "running"
+    assert (await first.heartbeat(run_id))[0] is False
+    assert await first.finish(run_id, "failed") is False  # a stale worker cannot overwrite the outcome
+    assert await second.finish(run_id, "succeeded") is True
+
+
 async def test_duplicated_task_trains_once(env, services, worker):
     service, db, _sent, jobs = services
     run = await service.create(ALICE, _request(env))
