@@ -167,6 +167,31 @@ async def test_approval_rules(env, services):
         await service.cancel(ALICE, run.id)
 
 
+async def test_cli_create_show_list_cancel(env, tmp_path):
+    """The CLI contract: the run id alone on the last line; show/list/cancel print one JSON object."""
+    import json
+
+    from tests.support.server import cli
+
+    cenv = {k: v for k, v in env.items() if k not in ("data_dir", "tiny")}
+    config = tmp_path / "run.yaml"
+    config.write_text("config:\n  eval_every: 2\ngates:\n  - {metric: eval_loss, op: '<=', threshold: 3.0}\n")
+    out = cli(cenv, "runs", "create", "--dataset", "dsapproved", "--method", "sft-lora", "--base", env["tiny"],
+              "--config", str(config), "--set", "max_steps=3", "--set", "learning_rate=1e-3")
+    run_id = out.stdout.strip().splitlines()[-1]
+    assert len(run_id) == 32
+    shown = json.loads(cli(cenv, "runs", "show", run_id).stdout.strip().splitlines()[-1])
+    assert shown["status"] == "awaiting_approval" and shown["metrics"]["loss"] == []
+    assert shown["config"] == {"eval_every": 2, "max_steps": 3, "learning_rate": 1e-3}
+    assert shown["gates"][0]["threshold"] == 3.0 and shown["candidate_version"] is None
+    listed = json.loads(cli(cenv, "runs", "list").stdout.strip().splitlines()[-1])
+    assert run_id in [r["id"] for r in listed["runs"]]
+    cancelled = json.loads(cli(cenv, "runs", "cancel", run_id).stdout.strip().splitlines()[-1])
+    assert cancelled == {"id": run_id, "status": "cancelled"}
+    bad = cli(cenv, "runs", "create", "--dataset", "dsready", "--method", "sft-lora", check=False)
+    assert bad.returncode != 0 and "not approved" in bad.stderr
+
+
 async def test_lease_admits_one_worker_and_passes_to_another_when_it_dies(env, services):
     """The database lease: a second claim fails while the first holder is alive; after its lease lapses (a dead
     worker stops heartbeating) another worker takes the run over, and the stale one can no longer write."""
