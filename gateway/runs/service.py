@@ -111,8 +111,19 @@ def validate_request(body: RunCreate) -> None:
         params = body.sweep.get("parameters")
         if not isinstance(params, dict) or not params:
             raise BadRequest("sweep.parameters must map setting names to search spaces")
-        if not 1 <= int(body.sweep.get("trials", 0)) <= 100:
-            raise BadRequest("sweep.trials must be between 1 and 100")
+        trials = body.sweep.get("trials")
+        if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 100:
+            raise BadRequest("sweep.trials must be an integer between 1 and 100")
+        for name, space in params.items():
+            if name in ("seed",) or not isinstance(space, dict) or space.get("type", "float") not in (
+                    "float", "int", "categorical"):
+                raise BadRequest(f"sweep.parameters.{name}: a space {{type: float|int|categorical, ...}}")
+            kind = space.get("type", "float")
+            if (kind == "categorical" and not (isinstance(space.get("choices"), list) and space["choices"])) or (
+                    kind != "categorical" and not all(isinstance(space.get(k), int | float) for k in ("low", "high"))):
+                raise BadRequest(f"sweep.parameters.{name}: categorical needs choices, float/int need low and high")
+            if body.sweep.get("sampler") == "grid" and kind != "categorical":
+                raise BadRequest("a grid sweep takes categorical parameters only")
 
 
 async def dataset_status(session, dataset_id: str) -> tuple[str | None, str | None]:
