@@ -34,6 +34,7 @@ from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
 from gateway.middleware import request_id_middleware
+from gateway.runs.routes import RUN_ROUTES
 from gateway.services import Services, build_services
 from gateway.settings import Settings, get_settings
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *LIMITS_ROUTES,
             *MODEL_ROUTES,
             *DATASET_ROUTES,
+            *RUN_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={

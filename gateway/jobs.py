@@ -32,7 +32,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,  # jobs are long: take one at a time
         "task_default_queue": "cpu",
-        "task_routes": {"palisade.train.*": {"queue": "gpu"}},
+        # a sweep only drives its trials (no device): it stays off the GPU workers
+        "task_routes": {"palisade.train.sweep": {"queue": "cpu"}, "palisade.train.*": {"queue": "gpu"}},
         "broker_connection_retry_on_startup": True,
         "result_extended": True,
         "timezone": "UTC",
@@ -44,7 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
 #: worker imports them, the gateway never does (it sends by name)
-TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks"]
+TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "trainer.runs.tasks"]
 
 
 def make_worker_app(settings: Settings) -> Celery:

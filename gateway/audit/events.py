@@ -19,6 +19,12 @@ class Tag:
     KEY_CREATE = "admin:key:create"
     KEY_REVOKE = "admin:key:revoke"
     MODEL_SEED = "admin:model:seed"
+    # training runs: every state change of a run
+    RUN_CREATE = "training:run:create"
+    RUN_APPROVE = "training:run:approve"
+    RUN_CANCEL = "training:run:cancel"
+    RUN_START = "training:run:start"
+    RUN_FINISH = "training:run:finish"
     # audit trail and keyring (issue 5)
     AUDIT_EXPORT = "audit:log:export"
     AUDIT_PRUNE = "audit:log:prune"

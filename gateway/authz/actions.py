@@ -50,6 +50,11 @@ class Action(StrEnum):
     # token-signing keys (issue 3)
     SIGNING_KEY_READ = "admin:signing-key:read"
     SIGNING_KEY_WRITE = "admin:signing-key:write"
+    # training runs: ML engineers request and follow their own runs; approvers approve others' runs
+    RUN_CREATE = "training:run:create"
+    RUN_READ = "training:run:read"
+    RUN_CANCEL = "training:run:cancel"
+    RUN_APPROVE = "approval:run:approve"
 
 
 #: Routes reachable without a principal (DESIGN.md "Health" and "Auth").

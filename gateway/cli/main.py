@@ -13,6 +13,7 @@ from gateway.cli.identity import admin, clients, rotate_signing
 from gateway.cli.keyring import rotate_command
 from gateway.cli.models import models
 from gateway.cli.policy import limits, policy
+from gateway.cli.runs import runs
 from gateway.cli.server import dev_cert, migrate, serve, worker
 from gateway.settings import declared
 
@@ -51,7 +52,8 @@ keys.add_command(click.Command("rotate", callback=rotate_command.callback, param
 keys.add_command(click.Command("rotate-signing", callback=rotate_signing.callback, params=rotate_signing.params,
                                help=rotate_signing.help, hidden=True))
 
-for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models, datasets):
+for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models, datasets,
+                runs):
     main.add_command(command)
 
 
