@@ -50,6 +50,18 @@ class Action(StrEnum):
     # token-signing keys (issue 3)
     SIGNING_KEY_READ = "admin:signing-key:read"
     SIGNING_KEY_WRITE = "admin:signing-key:write"
+    # files and batches (OpenAI Batch API): checked per route (owner "") and per object (owner = its principal);
+    # anyone the policy does not allow on an object gets 404, never 403
+    FILE_CREATE = "batch:file:create"
+    FILE_READ = "batch:file:read"
+    FILE_DELETE = "batch:file:delete"
+    BATCH_CREATE = "batch:job:create"
+    BATCH_READ = "batch:job:read"
+    BATCH_CANCEL = "batch:job:cancel"
+    # feedback on answers: rating your own requests; reading rates and exporting datasets is administration
+    FEEDBACK_CREATE = "feedback:rating:create"
+    FEEDBACK_READ = "admin:feedback:read"
+    FEEDBACK_EXPORT = "admin:feedback:export"
 
 
 #: Routes reachable without a principal (DESIGN.md "Health" and "Auth").

@@ -11,4 +11,6 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
 )
 from gateway.db.base import Base
 
+import gateway.batches.models  # noqa: E402,F401  (register the batch domain's tables)
+
 __all__ = ["Base"]
