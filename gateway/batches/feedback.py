@@ -5,7 +5,8 @@ names its actor), or whoever the policy allows on that actor's objects (``feedba
 ``owner`` = the actor). Request ids can be chosen by clients (``X-Request-Id``), so a rating always attaches to
 the rater's own request under that id: a stranger reusing someone's id finds nothing of theirs (404).
 
-Each (request id, principal) holds one feedback; posting again updates it. The retained prompt and answer (models
+Each (request id, principal) holds one feedback; posting again updates it (rating replaced; a comment or
+correction left out keeps the earlier one). The retained prompt and answer (models
 with ``retain_content``) are copied, re-encrypted, into the feedback row, so feedback outlives audit pruning and
 an ML engineer can turn chosen feedback (corrections, low ratings) into a dataset (``export``).
 """
@@ -112,8 +113,10 @@ class FeedbackService:
             else:
                 row.updates += 1
             row.rater, row.rating, row.score, row.updated_at = ctx.principal.id, rating, score, now
-            row.comment = self._seal(row.id, "comment", body.comment)
-            row.correction = self._seal(row.id, "correction", body.correction)
+            if body.comment is not None:  # an update that leaves a field out keeps what was said before
+                row.comment = self._seal(row.id, "comment", body.comment)
+            if body.correction is not None:
+                row.correction = self._seal(row.id, "correction", body.correction)
             if content is not None:
                 row.content = self._seal(row.id, "content", content)
         await self.audit.record(AuditEvent(Tag.FEEDBACK_SUBMIT, actor=ctx.principal.id, target=body.request_id,

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.support.fake_upstreams import serve_fake
-from tests.support.server import ROOT, GatewayProcess, base_env, create_key
+from tests.support.server import ROOT, GatewayProcess, base_env, cli, create_key
 
 CONCURRENCY = 4
 
@@ -63,8 +63,8 @@ def stack(tmp_path_factory, tiny_model_dir):
                        PALISADE_BATCH_LEASE_S="2")
         owner = create_key(env, "batch-owner", "tiny", "fake")
         stranger = create_key(env, "stranger")
+        worker = Worker(env, data / "worker.log").start()  # boots while the gateway does
         gateway = GatewayProcess(env, data / "serve.log").start()
-        worker = Worker(env, data / "worker.log").start()
         try:
             yield {"gw": gateway, "env": env, "owner": owner, "stranger": stranger, "fake": fake, "worker": worker,
                    "data": data}
@@ -134,6 +134,13 @@ def test_batch_on_tiny_model_completes_and_matches_every_custom_id(stack):
     assert b.id in [x.id for x in c.batches.list().data]
     with pytest.raises(openai.BadRequestError):
         c.batches.cancel(b.id)  # a completed batch cannot be cancelled
+    # each line is an audited request of the owner's: it can be rated like an interactive answer
+    rid = out[0]["response"]["request_id"]
+    rated = httpx.post(stack["gw"].url + "/v1/feedback", headers={"Authorization": f"Bearer {stack['owner']}"},
+                       json={"request_id": rid, "rating": "up"})
+    assert rated.status_code == 200, rated.text
+    assert httpx.post(stack["gw"].url + "/v1/feedback", headers={"Authorization": f"Bearer {stack['stranger']}"},
+                      json={"request_id": rid, "rating": "down"}).status_code == 404
     # stored encrypted: the upload's text is nowhere on disk in clear
     stored = b"".join(p.read_bytes() for p in (stack["data"] / "files").iterdir())
     assert b"question 3" not in stored and b"req-3" not in stored
@@ -260,6 +267,14 @@ def test_feedback_only_from_the_requester(stack):
     bad = httpx.post(url, headers={"Authorization": f"Bearer {stack['owner']}"},
                      json={"request_id": rid, "rating": 9})
     assert bad.status_code == 400
-    # apps cannot read rates or export: that is administration
+    # apps cannot read rates or export: that is administration; the operator exports a dataset file
+    out = stack["data"] / "feedback.jsonl"
+    last = cli(stack["env"], "feedback", "export", "--out", str(out), "--max-rating", "2").stdout.splitlines()[-1]
+    assert json.loads(last)["records"] >= 1
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {"messages": [{"role": "user", "content": "rate me"}, {"role": "assistant", "content": "A better one."}]} \
+        in records
+    rates_out = json.loads(cli(stack["env"], "feedback", "rates", "--model", "tiny").stdout.splitlines()[-1])
+    assert rates_out["data"][0]["model"] == "tiny" and rates_out["data"][0]["down"] >= 1
     rates = httpx.get(stack["gw"].url + "/admin/feedback/rates", headers={"Authorization": f"Bearer {stack['owner']}"})
     assert rates.status_code == 403
