@@ -44,7 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
 #: worker imports them, the gateway never does (it sends by name)
-TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks"]
+TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "gateway.batches.tasks"]
 
 
 def make_worker_app(settings: Settings) -> Celery:

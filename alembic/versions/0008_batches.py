@@ -54,7 +54,6 @@ def upgrade() -> None:
     op.create_table('batches',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('owner', sa.String(length=200), nullable=False),
-    sa.Column('principal', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('endpoint', sa.String(length=64), nullable=False),
     sa.Column('input_file_id', sa.String(length=40), nullable=False),
     sa.Column('completion_window', sa.String(length=8), nullable=False),

@@ -1,44 +1,32 @@
-"""The real ``Executor``: a batch line goes through the gateway's one inference pipeline, as the batch owner.
+"""The real ``Executor``: a batch line goes through the one inference entry point, as the batch owner.
 
-Authorisation (model invoke, the credential's model scope), limits, routing, settling and the per-line audit record
-are the pipeline's, exactly as for ``POST /v1/chat/completions``; the answer body is the API's JSON. The line's
-request id is the audit record's request id, so feedback can rate a batch line like any other answer.
+``services.inference.generate(ctx, alias, request)`` authorises the model (policy and the credential's model scope),
+reserves and settles tokens at batch priority (shed before interactive traffic when a model is saturated), routes,
+and writes the line's audit record, exactly as for ``POST /v1/chat/completions``; the answer body is the API's
+JSON. The line's request id is its audit record's, so feedback can rate a batch line like any other answer.
+The owner is looked up again when a runner starts: a revoked or disabled owner's remaining lines are refused.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
-from gateway.authn.principal import Principal
+from gateway.api.openai_api import FINGERPRINT, sampling, usage_dict
+from gateway.api.schemas import ChatCompletionRequest
 from gateway.authz.actions import Action
 from gateway.batches.lines import ENDPOINTS, Line
-from gateway.errors import ApiError
-from gateway.inference.base import GenerationRequest, GenerationResult, SamplingParams
-
-FINGERPRINT = "palisade"
-
-
-def sampling(body: ChatCompletionRequest | CompletionRequest, default_max: int) -> tuple[SamplingParams, bool]:
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    params = SamplingParams(max_tokens=max_tokens or default_max,
-                            temperature=1.0 if body.temperature is None else body.temperature,
-                            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops())
-    return params, max_tokens is not None
-
-
-def usage_dict(u: Any) -> dict[str, int]:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}
+from gateway.context import Principal, RequestContext
+from gateway.errors import ApiError, Forbidden
+from gateway.inference.base import GenerationRequest, GenerationResult
+from gateway.services import Services
 
 
 def render(endpoint: str, model: str, result: GenerationResult) -> dict[str, Any]:
-    """The response body the HTTP API would send for this result (OpenAI's chat.completion / text_completion)."""
+    """The response body the HTTP API sends for this result (OpenAI's chat.completion / text_completion)."""
     created = int(time.time())
     if endpoint == "/v1/chat/completions":
         return {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": created,
@@ -52,42 +40,41 @@ def render(endpoint: str, model: str, result: GenerationResult) -> dict[str, Any
             "usage": usage_dict(result.usage)}
 
 
-def error_body(exc: ApiError, request_id: str) -> dict[str, Any]:
-    return exc.body(request_id)
-
-
 class ServicesExecutor:
-    """Runs lines through ``services.inference`` as ``principal`` (the batch owner at creation)."""
+    """Runs lines through ``services.inference`` as ``principal`` (None: the owner may no longer act)."""
 
-    def __init__(self, services: Any, principal: Principal, endpoint: str) -> None:
+    def __init__(self, services: Services, principal: Principal | None, endpoint: str) -> None:
         self.s = services
         self.principal = principal
         self.endpoint = endpoint
 
+    @classmethod
+    async def for_owner(cls, services: Services, owner: str, endpoint: str) -> ServicesExecutor:
+        return cls(services, await services.identity.principal_for(owner), endpoint)
+
+    def _ctx(self, request_id: str | None = None) -> RequestContext:
+        assert self.principal is not None
+        return RequestContext.for_principal(self.principal, request_id=request_id, priority="batch")
+
     async def model_allowed(self, model: str) -> bool:
-        if not self.s.router.has(model):
+        entry = self.s.models.get(model)
+        if entry is None or self.principal is None:
             return False
-        attrs = self.s.inference.model_attributes(model)
-        decision = await self.s.authorizer.decide(self.principal, Action.MODEL_INVOKE, {"model": model, **attrs})
+        decision = await self.s.authz.decide(self._ctx(), Action.MODEL_INVOKE, {"model": model, **entry.attributes()})
         return decision.allowed
 
     async def infer(self, line: Line, request_id: str) -> tuple[int, dict[str, Any]]:
-        body = msgspec.convert(line.body, ENDPOINTS[self.endpoint])
-        params, given = sampling(body, self.s.settings.default_max_tokens)
-        if isinstance(body, ChatCompletionRequest):
-            gen = GenerationRequest(request_id, params, messages=body.plain_messages())
-        else:
-            gen = GenerationRequest(request_id, params, prompt=body.text())
-        conn = _connection(self.s, request_id)
         try:
-            prepared = await self.s.inference.prepare(conn, self.principal, body.model, gen, max_tokens_given=given)
-            result = await self.s.inference.complete(conn, prepared)
+            if self.principal is None:
+                raise Forbidden("the batch's owner may no longer act (revoked, disabled or deleted)")
+            body = msgspec.convert(line.body, ENDPOINTS[self.endpoint])
+            params, omitted = sampling(body)
+            if isinstance(body, ChatCompletionRequest):
+                gen = GenerationRequest(request_id, params, messages=body.plain_messages(), omitted=omitted)
+            else:
+                gen = GenerationRequest(request_id, params, prompt=body.text(), omitted=omitted)
+            await self.s.models.ensure_loaded(body.model)  # a worker loads the models its batches call
+            done = await self.s.inference.generate(self._ctx(request_id), body.model, gen)
         except ApiError as exc:
-            return exc.status_code, error_body(exc, request_id)
-        return 200, render(self.endpoint, body.model, result)
-
-
-def _connection(services: Any, request_id: str) -> Any:
-    """What today's pipeline reads from a connection (services, request id) for a request without one."""
-    return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(services=services)),
-                           scope={"state": {"request_id": request_id}}, client=None)
+            return exc.status_code, exc.body(request_id)
+        return 200, render(self.endpoint, body.model, done.result)

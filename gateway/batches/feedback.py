@@ -23,12 +23,13 @@ from sqlalchemy import select
 
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authz.actions import Action
-from gateway.batches.models import Feedback
-from gateway.batches.service import Access, Ctx
+from gateway.batches.service import Access
 from gateway.batches.shapes import FeedbackCreate, FeedbackObject
 from gateway.batches.shapes import epoch as _epoch
+from gateway.context import RequestContext
 from gateway.db.audit import AuditRecord
 from gateway.db.base import new_id, utcnow
+from gateway.db.batches import Feedback
 from gateway.errors import BadRequest, NotFound
 
 PURPOSE = "feedback"
@@ -73,7 +74,7 @@ class FeedbackService:
             return None
         return self.keyring.decrypt(blob, table="feedback", row=row.id, field=field, purpose=PURPOSE).decode()
 
-    async def _request_of(self, ctx: Ctx, request_id: str) -> AuditRecord:
+    async def _request_of(self, ctx: RequestContext, request_id: str) -> AuditRecord:
         """The caller's inference record under ``request_id`` (or one the policy lets it rate); else 404."""
         async with self.db.session() as s:
             rows = list((await s.execute(
@@ -88,7 +89,7 @@ class FeedbackService:
                 return r
         raise NotFound(f"no request {request_id} that you may rate", param="request_id", code="request_not_found")
 
-    async def submit(self, ctx: Ctx, body: FeedbackCreate) -> FeedbackObject:
+    async def submit(self, ctx: RequestContext, body: FeedbackCreate) -> FeedbackObject:
         rating, score = normalise_rating(body.rating)
         for name in ("comment", "correction"):
             value = getattr(body, name)
@@ -119,10 +120,9 @@ class FeedbackService:
                 row.correction = self._seal(row.id, "correction", body.correction)
             if content is not None:
                 row.content = self._seal(row.id, "content", content)
-        await self.audit.record(AuditEvent(Tag.FEEDBACK_SUBMIT, actor=ctx.principal.id, target=body.request_id,
-                                           decision="allow", request_id=ctx.request_id,
-                                           details={"rating": rating, "model": row.model, "update": not created,
-                                                    "has_correction": body.correction is not None}))
+        await self.audit.record(AuditEvent.of(ctx, Tag.FEEDBACK_SUBMIT, target=body.request_id, decision="allow",
+                                              rating=rating, model=row.model, update=not created,
+                                              has_correction=body.correction is not None))
         return FeedbackObject(id=row.id, request_id=row.request_id, rating=rating, score=score, model=row.model,
                               model_version=row.model_version, created_at=_epoch(row.created_at) or 0,
                               updated_at=_epoch(now) or 0)

@@ -8,18 +8,16 @@ oversized upload at the limit rather than after it has been read.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import UploadFile  # noqa: F401  (documents the multipart field in OpenAPI)
+from litestar.params import Dependency
 from litestar.response import Stream
 from multipart import MultipartSegment, ParserError, PushMultipartParser
 
-from gateway.authn.principal import Principal
+from gateway.api.deps import ContextDep
 from gateway.authz.actions import Action
-from gateway.authz.guards import principal_of
 from gateway.batches.feedback import to_jsonl
 from gateway.batches.shapes import (
     BatchCreate,
@@ -30,25 +28,14 @@ from gateway.batches.shapes import (
     FileObject,
     Page,
 )
+from gateway.batches.wiring import BatchDomain
 from gateway.db.base import utcnow
 from gateway.errors import BadRequest
-from gateway.middleware import request_id_of
 
 MAX_FIELD = 4096  # a form field other than the file (purpose) is small
 
 
-@dataclass(slots=True)
-class Caller:
-    principal: Principal
-    request_id: str | None
-
-
-def caller(request: Request) -> Caller:
-    return Caller(principal_of(request), request_id_of(request.scope))
-
-
-def domain(request: Request) -> Any:
-    return request.app.state.services.batches
+BatchesDep = Annotated[BatchDomain, Dependency(skip_validation=True)]
 
 
 async def _multipart(request: Request, upload: Any) -> tuple[str | None, dict[str, str]]:
@@ -107,34 +94,34 @@ class FilesController(Controller):
 
     @post("/", opt={"action": Action.FILE_CREATE}, operation_id="createFile", status_code=200,
           request_max_body_size=None)  # the service enforces PALISADE_FILES_MAX_BYTES as the body streams
-    async def create(self, request: Request) -> FileObject:
-        files = domain(request).files
+    async def create(self, request: Request, batches: BatchesDep, ctx: ContextDep) -> FileObject:
+        files = batches.files
         upload = files.open_upload()
         try:
             filename, fields = await _multipart(request, upload)
         except BaseException:
             upload.abort()
             raise
-        return await files.commit(caller(request), upload, filename, fields.get("purpose"))
+        return await files.commit(ctx, upload, filename, fields.get("purpose"))
 
     @get("/", opt={"action": Action.FILE_READ}, operation_id="listFiles")
-    async def list_files(self, request: Request, purpose: str | None = None, after: str | None = None,
-                         limit: int = 100, order: str = "desc") -> Page:
-        return await domain(request).files.list(caller(request), purpose=purpose, after=after, limit=limit,
+    async def list_files(self, batches: BatchesDep, ctx: ContextDep, purpose: str | None = None,
+                         after: str | None = None, limit: int = 100, order: str = "desc") -> Page:
+        return await batches.files.list(ctx, purpose=purpose, after=after, limit=limit,
                                                 order=order)
 
     @get("/{file_id:str}", opt={"action": Action.FILE_READ}, operation_id="retrieveFile")
-    async def retrieve(self, request: Request, file_id: str) -> FileObject:
-        return await domain(request).files.get(caller(request), file_id)
+    async def retrieve(self, batches: BatchesDep, ctx: ContextDep, file_id: str) -> FileObject:
+        return await batches.files.get(ctx, file_id)
 
     @get("/{file_id:str}/content", opt={"action": Action.FILE_READ}, operation_id="downloadFile")
-    async def content(self, request: Request, file_id: str) -> Stream:
-        chunks = await domain(request).files.content(caller(request), file_id)
+    async def content(self, batches: BatchesDep, ctx: ContextDep, file_id: str) -> Stream:
+        chunks = await batches.files.content(ctx, file_id)
         return Stream(_stream(chunks), media_type="application/octet-stream")
 
     @delete("/{file_id:str}", opt={"action": Action.FILE_DELETE}, operation_id="deleteFile", status_code=200)
-    async def remove(self, request: Request, file_id: str) -> FileDeleted:
-        return await domain(request).files.delete(caller(request), file_id)
+    async def remove(self, batches: BatchesDep, ctx: ContextDep, file_id: str) -> FileDeleted:
+        return await batches.files.delete(ctx, file_id)
 
 
 class BatchesController(Controller):
@@ -142,21 +129,22 @@ class BatchesController(Controller):
     tags = ["batches"]
 
     @post("/", opt={"action": Action.BATCH_CREATE}, operation_id="createBatch", status_code=200)
-    async def create(self, request: Request, data: BatchCreate) -> BatchObject:
-        return await domain(request).batches.create(caller(request), data)
+    async def create(self, batches: BatchesDep, ctx: ContextDep, data: BatchCreate) -> BatchObject:
+        return await batches.batches.create(ctx, data)
 
     @get("/", opt={"action": Action.BATCH_READ}, operation_id="listBatches")
-    async def list_batches(self, request: Request, after: str | None = None, limit: int = 20) -> Page:
-        return await domain(request).batches.list(caller(request), after=after, limit=limit)
+    async def list_batches(self, batches: BatchesDep, ctx: ContextDep, after: str | None = None,
+                           limit: int = 20) -> Page:
+        return await batches.batches.list(ctx, after=after, limit=limit)
 
     @get("/{batch_id:str}", opt={"action": Action.BATCH_READ}, operation_id="retrieveBatch")
-    async def retrieve(self, request: Request, batch_id: str) -> BatchObject:
-        return await domain(request).batches.get(caller(request), batch_id)
+    async def retrieve(self, batches: BatchesDep, ctx: ContextDep, batch_id: str) -> BatchObject:
+        return await batches.batches.get(ctx, batch_id)
 
     @post("/{batch_id:str}/cancel", opt={"action": Action.BATCH_CANCEL}, operation_id="cancelBatch",
           status_code=200)
-    async def cancel(self, request: Request, batch_id: str) -> BatchObject:
-        return await domain(request).batches.cancel(caller(request), batch_id)
+    async def cancel(self, batches: BatchesDep, ctx: ContextDep, batch_id: str) -> BatchObject:
+        return await batches.batches.cancel(ctx, batch_id)
 
 
 class FeedbackController(Controller):
@@ -164,8 +152,8 @@ class FeedbackController(Controller):
     tags = ["feedback"]
 
     @post("/", opt={"action": Action.FEEDBACK_CREATE}, operation_id="createFeedback", status_code=200)
-    async def create(self, request: Request, data: FeedbackCreate) -> FeedbackObject:
-        return await domain(request).feedback.submit(caller(request), data)
+    async def create(self, batches: BatchesDep, ctx: ContextDep, data: FeedbackCreate) -> FeedbackObject:
+        return await batches.feedback.submit(ctx, data)
 
 
 class FeedbackAdminController(Controller):
@@ -173,19 +161,20 @@ class FeedbackAdminController(Controller):
     tags = ["admin"]
 
     @get("/rates", opt={"action": Action.FEEDBACK_READ}, operation_id="feedbackRates")
-    async def rates(self, request: Request, model: str | None = None, days: int = 30,
+    async def rates(self, batches: BatchesDep, ctx: ContextDep, model: str | None = None, days: int = 30,
                     bucket: str = "day") -> dict[str, Any]:
         if bucket not in ("day", "hour") or not 1 <= days <= 366:
             raise BadRequest("bucket is day or hour; days is 1..366")
-        data = await domain(request).feedback.rates(since=utcnow() - timedelta(days=days), model=model,
+        data = await batches.feedback.rates(since=utcnow() - timedelta(days=days), model=model,
                                                    bucket=bucket)
         return {"object": "list", "data": data}
 
     @get("/export", opt={"action": Action.FEEDBACK_EXPORT}, operation_id="feedbackExport")
-    async def export(self, request: Request, model: str | None = None, min_rating: int | None = None,
-                     max_rating: int | None = None, corrections_only: bool = False) -> Stream:
-        records = await domain(request).feedback.export(
-            actor=principal_of(request).id, min_rating=min_rating, max_rating=max_rating,
+    async def export(self, batches: BatchesDep, ctx: ContextDep, model: str | None = None,
+                     min_rating: int | None = None, max_rating: int | None = None,
+                     corrections_only: bool = False) -> Stream:
+        records = await batches.feedback.export(
+            actor=ctx.principal.id, min_rating=min_rating, max_rating=max_rating,
             corrections_only=corrections_only, model=model)
         return Stream(iter(list(to_jsonl(records))), media_type="application/jsonl")
 

@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -29,10 +29,10 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.events import AuditEvent, Tag
 from gateway.batches.lines import Line, check_models, iter_lines, parse_line, validate
-from gateway.batches.models import Batch, BatchFile, BatchResult
 from gateway.batches.service import ACTIVE
 from gateway.batches.storage import PURPOSE, FileStore, StorageError
 from gateway.db.base import utcnow
+from gateway.db.batches import Batch, BatchFile, BatchResult
 
 _log = structlog.get_logger("palisade.batches.runner")
 
@@ -55,7 +55,7 @@ def output_file_id(batch_id: str, kind: str) -> str:
 
 class BatchRunner:
     def __init__(self, *, db: Any, store: FileStore, audit: Any, settings: Any,
-                 executor_for: Callable[[Batch], Executor], retry_delay_s: float = 1.0) -> None:
+                 executor_for: Callable[[Batch], Awaitable[Executor]], retry_delay_s: float = 1.0) -> None:
         self.db, self.store, self.audit, self.settings = db, store, audit, settings
         self.keyring = store.keyring
         self.executor_for = executor_for
@@ -74,7 +74,7 @@ class BatchRunner:
         heartbeat = asyncio.create_task(self._heartbeat(batch_id))
         try:
             batch = await self._load(batch_id)
-            executor = self.executor_for(batch)
+            executor = await self.executor_for(batch)
             if batch.status == "validating":
                 batch = await self._validate(batch, executor)
             if batch.status == "in_progress":

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from sqlalchemy import delete, select, update
 
-from gateway.audit.events import AuditEvent, Tag
-from gateway.authn.principal import Principal
+from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authz.actions import Action
+from gateway.authz.service import Authorization
 from gateway.batches.lines import ENDPOINTS
-from gateway.batches.models import Batch, BatchFile, BatchResult
 from gateway.batches.shapes import BatchCreate, BatchObject, FileDeleted, FileObject, Page
 from gateway.batches.storage import ChunkWriter, FileStore
+from gateway.context import RequestContext
 from gateway.db.base import utcnow
-from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from gateway.db.batches import Batch, BatchFile
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 
 _log = structlog.get_logger("palisade.batches")
 
@@ -38,13 +38,6 @@ FINAL = ("failed", "completed", "expired", "cancelled")
 MAX_METADATA = 16
 
 
-class Ctx(Protocol):
-    """What a service call needs to know about its caller (``gateway.context.RequestContext`` has it)."""
-
-    principal: Principal
-    request_id: str | None
-
-
 Enqueue = Callable[..., Awaitable[None]]
 
 
@@ -52,42 +45,23 @@ def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
 
 
-def principal_snapshot(p: Principal) -> dict[str, Any]:
-    """The owner as the runner will act for it (JSON-safe; credentials are never part of a Principal)."""
-    data = asdict(p)
-    data["mfa_at"] = p.mfa_at.isoformat() if p.mfa_at else None
-    data["roles"], data["models"] = list(p.roles), list(p.models)
-    return data
-
-
-def principal_from(data: dict[str, Any]) -> Principal:
-    mfa_at = datetime.fromisoformat(data["mfa_at"]) if data.get("mfa_at") else None
-    return Principal(id=data["id"], kind=data["kind"], name=data["name"], auth_method=data["auth_method"],
-                     roles=tuple(data.get("roles") or ()), attributes=dict(data.get("attributes") or {}),
-                     models=tuple(data.get("models") or ()), key_id=data.get("key_id"), mfa_at=mfa_at)
-
-
 class Access:
-    """Object-level checks that answer 404 for everything a caller may not see (the denial is audited)."""
+    """Object-level checks that answer 404 for everything a caller may not see (the denial is audited).
 
-    def __init__(self, authorizer: Any, audit: Any) -> None:
-        self.authorizer = authorizer
+    The route's own check (owner "") is the guard's; this is the second question, about one object."""
+
+    def __init__(self, authz: Authorization, audit: AuditTrail) -> None:
+        self.authz = authz
         self.audit = audit
 
-    async def allowed(self, ctx: Ctx, action: str, owner: str) -> bool:
-        decision = await self.authorizer.decide(ctx.principal, action, {"owner": owner})
+    async def allowed(self, ctx: RequestContext, action: str, owner: str) -> bool:
+        decision = await self.authz.decide(ctx, action, {"owner": owner})
         if not decision.allowed:
-            await self.audit.record(AuditEvent(Tag.AUTHZ_DENY, actor=ctx.principal.id, target=action,
-                                               decision=decision.id, request_id=ctx.request_id,
-                                               details={"action": action, "rule": decision.rule}))
+            await self.audit.record(AuditEvent.of(ctx, Tag.AUTHZ_DENY, target=action, decision=decision.id,
+                                                  action=action, rule=decision.rule))
         return decision.allowed
 
-    async def require_route(self, ctx: Ctx, action: str) -> None:
-        """The route-level question (owner ""): may this principal use the API at all? 403 if not."""
-        if not await self.allowed(ctx, action, ""):
-            raise Forbidden()
-
-    async def visible(self, ctx: Ctx, action: str, owner: str, what: str, obj_id: str) -> None:
+    async def visible(self, ctx: RequestContext, action: str, owner: str, what: str, obj_id: str) -> None:
         if owner != ctx.principal.id and not await self.allowed(ctx, action, owner):
             raise NotFound(f"no such {what}: {obj_id}", code=f"{what}_not_found")
 
@@ -104,7 +78,8 @@ class FileService:
         return Upload(self.store.writer(new_file_id()), self.settings.files_max_bytes,
                       self.settings.files_max_lines)
 
-    async def commit(self, ctx: Ctx, upload: Upload, filename: str | None, purpose: str | None) -> FileObject:
+    async def commit(self, ctx: RequestContext, upload: Upload, filename: str | None,
+                     purpose: str | None) -> FileObject:
         """Check the finished upload and record it as the caller's file (nothing is kept when it fails)."""
         try:
             if purpose != "batch":
@@ -118,16 +93,15 @@ class FileService:
                             expires_at=now + self.retention())
             async with self.db.session() as s:
                 s.add(row)
-            await self.audit.record(AuditEvent(Tag.FILE_CREATE, actor=ctx.principal.id, target=w.file_id,
-                                               decision="allow", request_id=ctx.request_id,
-                                               details={"bytes": w.bytes, "lines": w.lines, "purpose": purpose}))
+            await self.audit.record(AuditEvent.of(ctx, Tag.FILE_CREATE, target=w.file_id, decision="allow",
+                                                  bytes=w.bytes, lines=w.lines, purpose=purpose))
         except BaseException:
             upload.abort()
             self.store.delete(upload.writer.file_id)
             raise
         return FileObject.of(row)
 
-    async def _get(self, ctx: Ctx, file_id: str, action: str) -> BatchFile:
+    async def _get(self, ctx: RequestContext, file_id: str, action: str) -> BatchFile:
         async with self.db.session() as s:
             row = await s.get(BatchFile, file_id)
         if row is None or row.status != "processed":
@@ -135,15 +109,15 @@ class FileService:
         await self.access.visible(ctx, action, row.owner, "file", file_id)
         return row
 
-    async def get(self, ctx: Ctx, file_id: str) -> FileObject:
+    async def get(self, ctx: RequestContext, file_id: str) -> FileObject:
         return FileObject.of(await self._get(ctx, file_id, Action.FILE_READ))
 
-    async def content(self, ctx: Ctx, file_id: str) -> AsyncIterator[bytes]:
+    async def content(self, ctx: RequestContext, file_id: str) -> AsyncIterator[bytes]:
         row = await self._get(ctx, file_id, Action.FILE_READ)
         await self.store.keyring.refresh()
         return _iterate(self.store.chunks(row.id, row.chunks))
 
-    async def list(self, ctx: Ctx, *, purpose: str | None = None, after: str | None = None, limit: int = 100,
+    async def list(self, ctx: RequestContext, *, purpose: str | None = None, after: str | None = None, limit: int = 100,
                    order: str = "desc") -> Page:
         limit = max(1, min(limit, 10_000))
         q = select(BatchFile).where(BatchFile.owner == ctx.principal.id, BatchFile.status == "processed")
@@ -154,14 +128,13 @@ class FileService:
         return Page(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)
 
-    async def delete(self, ctx: Ctx, file_id: str) -> FileDeleted:
+    async def delete(self, ctx: RequestContext, file_id: str) -> FileDeleted:
         row = await self._get(ctx, file_id, Action.FILE_DELETE)
         async with self.db.session() as s:
             await s.execute(delete(BatchFile).where(BatchFile.id == row.id))
         self.store.delete(row.id)
-        await self.audit.record(AuditEvent(Tag.FILE_DELETE, actor=ctx.principal.id, target=row.id,
-                                           decision="allow", request_id=ctx.request_id,
-                                           details={"owner": row.owner}))
+        await self.audit.record(AuditEvent.of(ctx, Tag.FILE_DELETE, target=row.id, decision="allow",
+                                              owner=row.owner))
         return FileDeleted(id=row.id)
 
     async def sweep(self, now: datetime | None = None) -> int:
@@ -213,7 +186,7 @@ class BatchService:
         self.db, self.files, self.access, self.audit, self.settings = db, files, access, audit, settings
         self.enqueue = enqueue
 
-    async def create(self, ctx: Ctx, body: BatchCreate) -> BatchObject:
+    async def create(self, ctx: RequestContext, body: BatchCreate) -> BatchObject:
         if body.endpoint not in ENDPOINTS:
             raise BadRequest(f"endpoint must be one of {', '.join(sorted(ENDPOINTS))}", param="endpoint")
         window = WINDOWS.get(body.completion_window)
@@ -228,19 +201,18 @@ class BatchService:
         if f.purpose != "batch":
             raise BadRequest("input_file_id must be a file uploaded with purpose 'batch'", param="input_file_id")
         now = utcnow()
-        row = Batch(id="batch_" + secrets.token_hex(12), owner=ctx.principal.id,
-                    principal=principal_snapshot(ctx.principal), endpoint=body.endpoint, input_file_id=f.id,
+        row = Batch(id="batch_" + secrets.token_hex(12), owner=ctx.principal.id, endpoint=body.endpoint,
+                    input_file_id=f.id,
                     completion_window=body.completion_window, status="validating", meta=meta,
                     concurrency=self.settings.batch_concurrency, created_at=now, expires_at=now + window)
         async with self.db.session() as s:
             s.add(row)
-        await self.audit.record(AuditEvent(Tag.BATCH_CREATE, actor=ctx.principal.id, target=row.id,
-                                           decision="allow", request_id=ctx.request_id,
-                                           details={"input_file_id": f.id, "endpoint": body.endpoint}))
+        await self.audit.record(AuditEvent.of(ctx, Tag.BATCH_CREATE, target=row.id, decision="allow",
+                                              input_file_id=f.id, endpoint=body.endpoint))
         await self.enqueue("palisade.batches.run", row.id)  # after the commit: the task finds the row
         return BatchObject.of(row)
 
-    async def _get(self, ctx: Ctx, batch_id: str, action: str) -> Batch:
+    async def _get(self, ctx: RequestContext, batch_id: str, action: str) -> Batch:
         async with self.db.session() as s:
             row = await s.get(Batch, batch_id)
         if row is None:
@@ -248,10 +220,10 @@ class BatchService:
         await self.access.visible(ctx, action, row.owner, "batch", batch_id)
         return row
 
-    async def get(self, ctx: Ctx, batch_id: str) -> BatchObject:
+    async def get(self, ctx: RequestContext, batch_id: str) -> BatchObject:
         return BatchObject.of(await self._get(ctx, batch_id, Action.BATCH_READ))
 
-    async def list(self, ctx: Ctx, *, after: str | None = None, limit: int = 20) -> Page:
+    async def list(self, ctx: RequestContext, *, after: str | None = None, limit: int = 20) -> Page:
         limit = max(1, min(limit, 100))
         q = select(Batch).where(Batch.owner == ctx.principal.id)
         rows = await _page(self.db, q, Batch, after, limit, "desc")
@@ -259,7 +231,7 @@ class BatchService:
         return Page(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)
 
-    async def cancel(self, ctx: Ctx, batch_id: str) -> BatchObject:
+    async def cancel(self, ctx: RequestContext, batch_id: str) -> BatchObject:
         row = await self._get(ctx, batch_id, Action.BATCH_CANCEL)
         if row.status in ("validating", "in_progress"):
             now = utcnow()
@@ -268,22 +240,11 @@ class BatchService:
                                                                                            "in_progress")))
                                 .values(status="cancelling", cancelling_at=now))
                 row = await s.get(Batch, row.id, populate_existing=True)
-            await self.audit.record(AuditEvent(Tag.BATCH_CANCEL, actor=ctx.principal.id, target=row.id,
-                                               decision="allow", request_id=ctx.request_id))
+            await self.audit.record(AuditEvent.of(ctx, Tag.BATCH_CANCEL, target=row.id, decision="allow"))
             await self.enqueue("palisade.batches.run", row.id)  # a runner (this or a new one) finalises it
         elif row.status not in ("cancelling", "cancelled"):
             raise BadRequest(f"a batch that is {row.status} cannot be cancelled", code="batch_not_cancellable")
         return BatchObject.of(row)
-
-    async def resumable(self) -> list[str]:
-        """Batches that are not finished: a worker starting up re-enqueues them (the lease stops doubles)."""
-        async with self.db.session() as s:
-            return list((await s.execute(select(Batch.id).where(Batch.status.in_(ACTIVE)))).scalars())
-
-    async def results_count(self, batch_id: str) -> int:
-        async with self.db.session() as s:
-            return len(list((await s.execute(select(BatchResult.id).where(BatchResult.batch_id == batch_id)))
-                            .scalars()))
 
 
 async def _page(db: Any, q: Any, model: Any, after: str | None, limit: int, order: str) -> list[Any]:

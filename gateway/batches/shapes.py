@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.batches.models import Batch, BatchFile
+from gateway.db.batches import Batch, BatchFile
 
 
 def epoch(t: datetime | None) -> int | None:

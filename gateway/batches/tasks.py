@@ -11,38 +11,48 @@ from typing import Any
 import structlog
 from celery import shared_task
 from celery.signals import worker_ready
+from sqlalchemy import select
 
-from gateway.batches import worker
+from gateway.batches.executor import ServicesExecutor
+from gateway.batches.runner import BatchRunner
+from gateway.batches.service import ACTIVE
+from gateway.batches.wiring import BatchDomain
+from gateway.db.batches import Batch
+from gateway.runtime import run_in_services
+from gateway.services import Services
 
 _log = structlog.get_logger("palisade.batches.tasks")
+_domains: dict[int, BatchDomain] = {}  # id(services) -> the domain built on them (one per worker process)
 
 
-def _runner(services: Any) -> Any:
-    from gateway.batches.executor import ServicesExecutor
-    from gateway.batches.runner import BatchRunner
-    from gateway.batches.service import principal_from
-    from gateway.batches.storage import FileStore
+async def _domain(services: Services) -> BatchDomain:
+    domain = _domains.get(id(services))
+    if domain is None:
+        domain = _domains[id(services)] = await BatchDomain.open(services)
+    return domain
 
-    store = FileStore(services.settings.data_dir / "files", services.keyring)
-    return BatchRunner(db=services.db, store=store, audit=services.audit, settings=services.settings,
-                       executor_for=lambda b: ServicesExecutor(services, principal_from(b.principal), b.endpoint))
+
+async def run_batch(services: Services, batch_id: str) -> str:
+    domain = await _domain(services)
+
+    async def executor_for(batch: Batch) -> ServicesExecutor:
+        return await ServicesExecutor.for_owner(services, batch.owner, batch.endpoint)
+
+    runner = BatchRunner(db=services.db, store=domain.store, audit=services.audit, settings=services.settings,
+                         executor_for=executor_for)
+    return await runner.run(batch_id)
 
 
 @shared_task(name="palisade.batches.run", bind=True, acks_late=True, max_retries=None)
 def run(self: Any, batch_id: str) -> str:
     """Drive one batch to a final state (or as far as this worker lives)."""
-
-    async def go(services: Any) -> str:
-        return await _runner(services).run(batch_id)
-
-    status = worker.call(go)
+    status = run_in_services(lambda s: run_batch(s, batch_id))
     if status == "busy":  # another runner holds the lease: look again once it could have run out
-        lease = worker.call(_lease_s)
-        raise self.retry(countdown=lease)
+        raise self.retry(countdown=run_in_services(_lease_s))
     return status
 
 
-async def _lease_s(services: Any) -> float:
+async def _lease_s(services: Services) -> float:
     return float(services.settings.batch_lease_s)
 
 
@@ -50,16 +60,11 @@ async def _lease_s(services: Any) -> float:
 def resume() -> list[str]:
     """Re-enqueue every unfinished batch (after a worker start: a killed worker's batches carry on)."""
 
-    async def go(services: Any) -> list[str]:
-        from sqlalchemy import select
-
-        from gateway.batches.models import Batch
-        from gateway.batches.service import ACTIVE
-
+    async def unfinished(services: Services) -> list[str]:
         async with services.db.session() as s:
             return list((await s.execute(select(Batch.id).where(Batch.status.in_(ACTIVE)))).scalars())
 
-    ids = worker.call(go)
+    ids = run_in_services(unfinished)
     for batch_id in ids:
         run.apply_async((batch_id,))
     return ids
@@ -69,12 +74,10 @@ def resume() -> list[str]:
 def sweep() -> int:
     """Delete files past their retention period."""
 
-    async def go(services: Any) -> int:
-        from gateway.batches.wiring import file_service
+    async def go(services: Services) -> int:
+        return await (await _domain(services)).files.sweep()
 
-        return await file_service(services).sweep()
-
-    return worker.call(go)
+    return run_in_services(go)
 
 
 @worker_ready.connect

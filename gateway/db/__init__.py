@@ -2,6 +2,7 @@
 
 from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
     audit,
+    batches,  # noqa: F401  (files, batches, batch results, feedback)
     datasets,  # governed datasets: datasets, versions, approvals
     identity,  # noqa: F401,E402  (register identity tables)
     keyring,
@@ -10,7 +11,5 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
     registry,  # noqa: F401  (model registry: models, versions, aliases, alias history)
 )
 from gateway.db.base import Base
-
-import gateway.batches.models  # noqa: E402,F401  (register the batch domain's tables)
 
 __all__ = ["Base"]

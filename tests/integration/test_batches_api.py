@@ -60,7 +60,8 @@ def stack(tmp_path_factory, tiny_model_dir):
             f"  - alias: fake\n    backend: openai\n    url: {fake.url}\n    upstream_model: fake-model\n"
         )
         env = base_env(data, PALISADE_MODELS_FILE=str(models), PALISADE_BATCH_CONCURRENCY=str(CONCURRENCY),
-                       PALISADE_BATCH_LEASE_S="2")
+                       PALISADE_BATCH_LEASE_S="2",
+                       PALISADE_SERVE_WORKER="false")  # this test runs (and kills) the worker itself
         owner = create_key(env, "batch-owner", "tiny", "fake")
         stranger = create_key(env, "stranger")
         worker = Worker(env, data / "worker.log").start()  # boots while the gateway does

@@ -13,15 +13,13 @@ import pytest
 from sqlalchemy import update
 
 from gateway.audit.chain import AuditChain
-from gateway.authn.principal import Principal
 from gateway.batches.feedback import normalise_rating, stars
 from gateway.batches.lines import Line, check_models, validate
-from gateway.batches.models import Batch, BatchFile
 from gateway.batches.runner import BatchRunner
-from gateway.batches.service import principal_from, principal_snapshot
 from gateway.batches.storage import CHUNK, PURPOSE, FileStore, StorageError
 from gateway.crypto import open_keyring
 from gateway.db.base import utcnow
+from gateway.db.batches import Batch, BatchFile
 from gateway.db.migrate import upgrade
 from gateway.db.session import Database
 from gateway.errors import BadRequest
@@ -72,12 +70,6 @@ def test_ratings() -> None:
         with pytest.raises(BadRequest):
             normalise_rating(bad)
     assert stars("up") == 5 and stars("down") == 1 and stars("4") == 4
-
-
-def test_principal_snapshot_roundtrip() -> None:
-    p = Principal("key:1", "app", "n", "api_key", roles=("app",), attributes={"department": "x"}, models=("m",),
-                  key_id="1")
-    assert principal_from(json.loads(json.dumps(principal_snapshot(p)))) == p
 
 
 @contextlib.asynccontextmanager
@@ -142,14 +134,17 @@ async def make_batch(env, ids: list[str], concurrency: int = 2) -> str:
     async with db.session() as s:
         s.add(BatchFile(id="file-in", owner="key:1", filename="in.jsonl", purpose="batch", bytes=w.bytes,
                         lines=w.lines, chunks=w.chunks, status="processed", created_at=now))
-        s.add(Batch(id="batch_1", owner="key:1", principal={}, endpoint=CHAT, input_file_id="file-in",
+        s.add(Batch(id="batch_1", owner="key:1", endpoint=CHAT, input_file_id="file-in",
                     status="validating", concurrency=concurrency, created_at=now, expires_at=now + timedelta(hours=1)))
     return "batch_1"
 
 
 def runner(env, ex: Counting) -> BatchRunner:
     settings, db, keyring, audit, store = env
-    return BatchRunner(db=db, store=store, audit=audit, settings=settings, executor_for=lambda b: ex,
+    async def executor_for(batch: Batch) -> Counting:
+        return ex
+
+    return BatchRunner(db=db, store=store, audit=audit, settings=settings, executor_for=executor_for,
                        retry_delay_s=0.01)
 
 

@@ -1,4 +1,4 @@
-"""Tables of the batch domain: uploaded files, batches, per-line results, and feedback on answers.
+"""Tables of the batch domain (gateway/batches/): uploaded files, batches, per-line results, and feedback on answers.
 
 Contents never sit in these rows in clear: file bodies live encrypted on disk (``storage.py``), a line's result and
 a feedback's comment, correction and prompt/answer are keyring blobs bound to their row. What stays in clear is
@@ -36,14 +36,13 @@ class BatchFile(Base):
 
 
 class Batch(Base):
-    """One batch: OpenAI's batch object, plus the owner principal it runs as and the worker lease."""
+    """One batch: OpenAI's batch object, plus the worker lease. Lines run as ``owner`` as it stands when they run
+    (a revoked or disabled owner's batch stops)."""
 
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "batch_<hex>"
     owner: Mapped[str] = mapped_column(String(200), index=True)
-    #: the owner's principal at creation (id, kind, roles, attributes, scoped models), to run lines as it
-    principal: Mapped[dict] = mapped_column(default=dict)
     endpoint: Mapped[str] = mapped_column(String(64))
     input_file_id: Mapped[str] = mapped_column(String(40))
     completion_window: Mapped[str] = mapped_column(String(8), default="24h")
