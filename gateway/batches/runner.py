@@ -37,6 +37,7 @@ from gateway.db.batches import Batch, BatchFile, BatchResult
 _log = structlog.get_logger("palisade.batches.runner")
 
 RETRYABLE = (429, 503)  # limited or shed: the line waits and tries again (batch traffic yields to interactive)
+MAX_RETRIES = 60  # with the back-off capped at 15 s: a line gives up (and records the refusal) after ~15 minutes
 RESULTS_PAGE = 500
 
 
@@ -74,10 +75,12 @@ class BatchRunner:
         heartbeat = asyncio.create_task(self._heartbeat(batch_id))
         try:
             batch = await self._load(batch_id)
+            if batch.expires_at is not None and utcnow() >= batch.expires_at:
+                self._stop = "expire"  # found after its window (no worker ran it in time): finish with what is there
             executor = await self.executor_for(batch)
-            if batch.status == "validating":
+            if batch.status == "validating" and self._stop is None:
                 batch = await self._validate(batch, executor)
-            if batch.status == "in_progress":
+            if batch.status == "in_progress" and self._stop is None:
                 await self._run_lines(batch, executor)
                 batch = await self._load(batch_id)
             if self._stop == "lost":
@@ -215,7 +218,7 @@ class BatchRunner:
                 _log.error("batch line crashed", batch=batch.id, line=line.no, error=type(exc).__name__)
                 status, body = 500, {}
                 error = {"code": "internal_error", "message": "the gateway failed to run this request"}
-            if status in RETRYABLE and self._stop is None:
+            if status in RETRYABLE and self._stop is None and attempt < MAX_RETRIES:
                 attempt += 1
                 await asyncio.sleep(min(self.retry_delay_s * 2 ** min(attempt, 4), 15.0))
                 continue

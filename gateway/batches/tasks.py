@@ -84,5 +84,6 @@ def sweep() -> int:
 def _resume_on_start(sender: Any = None, **_: Any) -> None:
     try:
         resume.apply_async()
+        sweep.apply_async()  # retention: each worker start deletes expired files (also `palisade batches sweep`)
     except Exception as exc:  # a broker hiccup at start must not stop the worker
         _log.warning("could not enqueue batch resume", error=type(exc).__name__)

@@ -228,3 +228,15 @@ async def test_validation_failure_runs_nothing(tmp_path, monkeypatch) -> None:
         assert await runner(env, ex).run(batch_id) == "failed"
         b = await load(env, batch_id)
         assert b.errors["data"][0]["code"] == "duplicate_custom_id" and not ex.calls
+
+
+async def test_batch_found_after_its_window_expires_without_running(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("PALISADE_MASTER_KEY", raising=False)
+    async with open_env(tmp_path) as env:
+        batch_id = await make_batch(env, ["a", "b"])
+        async with env[1].session() as s:
+            await s.execute(update(Batch).values(expires_at=utcnow()))
+        ex = Counting()
+        assert await runner(env, ex).run(batch_id) == "expired"
+        b = await load(env, batch_id)
+        assert not ex.calls and b.output_file_id is None and b.expired_at is not None
