@@ -23,7 +23,7 @@ from gateway.db.batches import Batch, BatchFile
 from gateway.db.migrate import upgrade
 from gateway.db.session import Database
 from gateway.errors import BadRequest
-from gateway.settings import Settings
+from gateway.settings import Settings, normalise_db_url
 
 CHAT = "/v1/chat/completions"
 
@@ -73,9 +73,10 @@ def test_ratings() -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_env(tmp_path: Path):
+async def open_env(tmp_path: Path, database_url: str | None = None):
     """Database, keyring, audit trail and store on the test's own event loop (the audit writer is a task on it)."""
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}", batch_lease_s=1.0)
+    url = normalise_db_url(database_url or f"sqlite:///{tmp_path / 'p.db'}")
+    settings = Settings(data_dir=tmp_path, database_url=url, batch_lease_s=1.0)
     upgrade(settings)
     db = Database(settings)
     keyring = await open_keyring(settings, db)
@@ -240,3 +241,15 @@ async def test_batch_found_after_its_window_expires_without_running(tmp_path, mo
         assert await runner(env, ex).run(batch_id) == "expired"
         b = await load(env, batch_id)
         assert not ex.calls and b.output_file_id is None and b.expired_at is not None
+
+
+async def test_runner_on_postgres(tmp_path, monkeypatch, pg_url) -> None:
+    """The lease, the conditional state changes and the unique result per line on Postgres."""
+    monkeypatch.delenv("PALISADE_MASTER_KEY", raising=False)
+    async with open_env(tmp_path, pg_url) as env:
+        batch_id = await make_batch(env, ["a", "bad", "c"])
+        ex = Counting()
+        assert await runner(env, ex).run(batch_id) == "completed"
+        b = await load(env, batch_id)
+        assert (b.completed, b.failed) == (2, 1)
+        assert await runner(env, ex).run(batch_id) == "completed" and set(ex.calls.values()) == {1}
