@@ -45,20 +45,53 @@ def feedback() -> None:
 @click.option("--max-rating", type=click.IntRange(1, 5), default=None, help="Only ratings <= N (thumbs down = 1).")
 @click.option("--corrections-only", is_flag=True, help="Only feedback that carries a corrected answer.")
 @click.option("--model", default=None, help="Only this model alias.")
+@click.option("--dataset", "dataset_name", default=None,
+              help="Also register the file as a new version of this dataset (the datasets pipeline and approval, "
+                   "as `palisade datasets create --file FILE --format auto`).")
+@click.option("--classification", type=click.Choice(["public", "internal", "confidential", "restricted"]),
+              default="internal", show_default=True, help="With --dataset: the dataset's classification.")
 def export(out: Path, min_rating: int | None, max_rating: int | None, corrections_only: bool,
-           model: str | None) -> None:
-    """Write selected feedback (with its retained prompt) as a dataset file."""
+           model: str | None, dataset_name: str | None, classification: str) -> None:
+    """Write selected feedback (with its retained prompt) as a dataset file; prints
+    {"out", "records"[, "dataset_version"]} on the last line."""
 
-    async def go(domain: BatchDomain) -> int:
+    async def go(domain: BatchDomain) -> dict[str, Any]:
         records = await domain.feedback.export(actor="cli", min_rating=min_rating, max_rating=max_rating,
                                                corrections_only=corrections_only, model=model)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # retained prompts: owner-only
         with os.fdopen(fd, "wb") as fh:
             for chunk in to_jsonl(records):
                 fh.write(chunk)
-        return len(records)
+        result: dict[str, Any] = {"out": str(out), "records": len(records)}
+        if dataset_name and records:
+            result["dataset_version"] = await _register_dataset(domain, out, dataset_name, classification)
+        return result
 
-    emit_json({"out": str(out), "records": run(_with_domain(go))})
+    emit_json(run(_with_domain(go)))
+
+
+async def _register_dataset(domain: BatchDomain, path: Path, name: str, classification: str) -> str:
+    """The exported file into the datasets pipeline (PII removal, filters, approval) as the local operator."""
+    from gateway.context import RequestContext
+    from gateway.datasets.service import DatasetCreate, DatasetService
+
+    s = domain.services
+    service = DatasetService(s.settings, s.db, s.keyring, s.audit, s.jobs)
+    req = DatasetCreate(name=name, format="auto", classification=classification, source="palisade feedback export",
+                        purpose="improve the model from user feedback (corrections and ratings)")
+    req.validate()
+    upload_id, writer = service.new_upload()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                writer.write(chunk)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    view = await service.register(RequestContext.cli(), req, input_ref=f"upload:{upload_id}:{path.name}",
+                                  source_name=path.name)
+    return str(view.id)
 
 
 @feedback.command("rates")

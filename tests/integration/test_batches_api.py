@@ -270,12 +270,21 @@ def test_feedback_only_from_the_requester(stack):
     assert bad.status_code == 400
     # apps cannot read rates or export: that is administration; the operator exports a dataset file
     out = stack["data"] / "feedback.jsonl"
-    last = cli(stack["env"], "feedback", "export", "--out", str(out), "--max-rating", "2").stdout.splitlines()[-1]
-    assert json.loads(last)["records"] >= 1
+    last = json.loads(cli(stack["env"], "feedback", "export", "--out", str(out), "--max-rating", "2",
+                          "--dataset", "feedback-fixes").stdout.splitlines()[-1])
+    assert last["records"] >= 1 and last["dataset_version"]
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert {"messages": [{"role": "user", "content": "rate me"}, {"role": "assistant", "content": "A better one."}]} \
         in records
     rates_out = json.loads(cli(stack["env"], "feedback", "rates", "--model", "tiny").stdout.splitlines()[-1])
     assert rates_out["data"][0]["model"] == "tiny" and rates_out["data"][0]["down"] >= 1
+    # the export went into the datasets pipeline as a new dataset version, which the worker processes
+    deadline = time.monotonic() + 120
+    while (card := json.loads(cli(stack["env"], "datasets", "show", last["dataset_version"]).stdout.splitlines()[-1])
+           )["status"] == "processing":
+        assert time.monotonic() < deadline, worker_log(stack)()
+        time.sleep(1)
+    assert card["status"] == "ready", card
+    assert card["records_in"] >= 1
     rates = httpx.get(stack["gw"].url + "/admin/feedback/rates", headers={"Authorization": f"Bearer {stack['owner']}"})
     assert rates.status_code == 403
