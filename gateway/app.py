@@ -30,6 +30,8 @@ from gateway.api.identity_api import IDENTITY_ROUTES
 from gateway.api.openai_api import OpenAIController
 from gateway.api.tgi_api import TGIController
 from gateway.authz.actions import Action
+from gateway.batches.routes import ROUTES as BATCH_ROUTES
+from gateway.batches.wiring import BatchDomain
 from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
@@ -56,13 +58,28 @@ class ServicesHandle:
         self._services = services
 
 
+class BatchesHandle:
+    """The batch domain (files, batches, feedback) built on the services at start-up: the ``batches`` dependency."""
+
+    def __init__(self) -> None:
+        self.domain: BatchDomain | None = None
+
+    def __call__(self) -> BatchDomain:
+        if self.domain is None:
+            raise RuntimeError("services are not built yet")
+        return self.domain
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     handle = ServicesHandle()
+    batches = BatchesHandle()
 
     async def startup(app: Litestar) -> None:
-        handle.set(await build_services(settings))
+        services = await build_services(settings)
+        batches.domain = await BatchDomain.open(services)
+        handle.set(services)
         app.state.services = handle()  # for in-process tests and embedding (``services_of(app)``)
         # everything built at start (torch, transformers, policies) lives for the whole process: move it out of
         # the collector's generations so full collections stay short on the request path
@@ -104,10 +121,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *MODEL_ROUTES,
             *DATASET_ROUTES,
             *RUN_ROUTES,
+            *BATCH_ROUTES,
         ],
         guards=[make_authorize(handle)],
         dependencies={
             "services": Provide(handle, sync_to_thread=False, use_cache=True),
+            "batches": Provide(batches, sync_to_thread=False, use_cache=True),
             "ctx": Provide(_context_dependency, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

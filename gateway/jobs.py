@@ -45,7 +45,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
 #: worker imports them, the gateway never does (it sends by name)
-TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "trainer.runs.tasks"]
+TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "trainer.runs.tasks",
+                "gateway.batches.tasks"]
 
 
 def make_worker_app(settings: Settings) -> Celery:

@@ -119,6 +119,14 @@ class Settings:
     dataset_import_dir: Path | None = setting(None, "Server-side folder the API may import datasets from (no "
                                                     "'..', no symlinks out); unset = no server-side import.",
                                               "training")
+    # --- files and batches (OpenAI Batch API) ---------------------------------------------------------------
+    files_max_bytes: int = setting(200 * 1024 * 1024, "Largest upload to /v1/files.", "batches")
+    files_max_lines: int = setting(50_000, "Most requests in one batch input file.", "batches")
+    files_retention_days: int = setting(30, "Files (inputs and outputs) are deleted this many days after upload.",
+                                        "batches")
+    batch_concurrency: int = setting(8, "Lines of one batch in flight at once.", "batches")
+    batch_lease_s: float = setting(15.0, "A batch whose runner has not renewed its lease for this long is taken "
+                                         "over by another.", "batches")
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -180,6 +188,10 @@ class Settings:
             raise SettingsError("PALISADE_ANOMALY_WINDOW_S and _WARMUP_WINDOWS must be at least 1")
         if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
             raise SettingsError("PALISADE_OIDC_ISSUER and PALISADE_OIDC_JWKS_URL go together")
+        if self.files_max_bytes < 1024 or self.files_max_lines < 1 or self.files_retention_days < 1:
+            raise SettingsError("PALISADE_FILES_MAX_BYTES, _MAX_LINES and _RETENTION_DAYS must be positive")
+        if self.batch_concurrency < 1 or self.batch_lease_s < 1:
+            raise SettingsError("PALISADE_BATCH_CONCURRENCY and PALISADE_BATCH_LEASE_S must be at least 1")
         if self.shutdown_grace_s < 0:
             raise SettingsError("PALISADE_SHUTDOWN_GRACE_S must not be negative")
 

@@ -82,6 +82,17 @@ class Tag:
     DATASET_DELETE = "dataset:version:delete"
     DATASET_QUARANTINE_READ = "dataset:quarantine:read"
     DATASET_IMPORT_REFUSED = "dataset:import:refused"
+    # files, batches, feedback
+    FILE_CREATE = "batch:file:create"
+    FILE_DELETE = "batch:file:delete"
+    FILE_EXPIRE = "batch:file:expire"
+    BATCH_CREATE = "batch:job:create"
+    BATCH_START = "batch:job:start"
+    BATCH_FAIL = "batch:job:fail"
+    BATCH_CANCEL = "batch:job:cancel"
+    BATCH_FINISH = "batch:job:finish"  # completed, cancelled or expired (details.status)
+    FEEDBACK_SUBMIT = "feedback:rating:submit"
+    FEEDBACK_EXPORT = "admin:feedback:export"
 
 
 @dataclass(slots=True)

@@ -55,6 +55,18 @@ class Action(StrEnum):
     RUN_READ = "training:run:read"
     RUN_CANCEL = "training:run:cancel"
     RUN_APPROVE = "approval:run:approve"
+    # files and batches (OpenAI Batch API): checked per route (owner "") and per object (owner = its principal);
+    # anyone the policy does not allow on an object gets 404, never 403
+    FILE_CREATE = "batch:file:create"
+    FILE_READ = "batch:file:read"
+    FILE_DELETE = "batch:file:delete"
+    BATCH_CREATE = "batch:job:create"
+    BATCH_READ = "batch:job:read"
+    BATCH_CANCEL = "batch:job:cancel"
+    # feedback on answers: rating your own requests; reading rates and exporting datasets is administration
+    FEEDBACK_CREATE = "feedback:rating:create"
+    FEEDBACK_READ = "admin:feedback:read"
+    FEEDBACK_EXPORT = "admin:feedback:export"
 
 
 #: Routes reachable without a principal (DESIGN.md "Health" and "Auth").

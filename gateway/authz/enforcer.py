@@ -46,7 +46,7 @@ _log = logging.getLogger("palisade.authz")
 #: Which authentication method may grant which actions (action prefixes), after warehouse's table: a bearer
 #: credential held by software can never reach administration, audit or self-service, even if a policy row
 #: says so. People (console sessions) and the local operator CLI are limited by policy alone.
-APP_GRANTS = ("inference:", "api:schema:read", "limits:usage:read")
+APP_GRANTS = ("inference:", "api:schema:read", "limits:usage:read", "batch:", "feedback:rating:create")
 AUTH_METHOD_GRANTS: dict[str, tuple[str, ...]] = {
     "api_key": APP_GRANTS,
     "jwt": APP_GRANTS,

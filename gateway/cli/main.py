@@ -8,6 +8,7 @@ import click
 
 from gateway.cli.apikeys import keys
 from gateway.cli.audit import audit
+from gateway.cli.batches import batches, feedback
 from gateway.cli.datasets import datasets
 from gateway.cli.identity import admin, clients, rotate_signing
 from gateway.cli.keyring import rotate_command
@@ -53,7 +54,7 @@ keys.add_command(click.Command("rotate-signing", callback=rotate_signing.callbac
                                help=rotate_signing.help, hidden=True))
 
 for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models, datasets,
-                runs):
+                runs, batches, feedback):
     main.add_command(command)
 
 

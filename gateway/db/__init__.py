@@ -2,6 +2,7 @@
 
 from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
     audit,
+    batches,  # noqa: F401  (files, batches, batch results, feedback)
     datasets,  # governed datasets: datasets, versions, approvals
     identity,  # noqa: F401,E402  (register identity tables)
     keyring,

@@ -27,7 +27,7 @@ class AuditRecord(Base):
     #: the model alias an inference event is about (export filter)
     model: Mapped[str | None] = mapped_column(String(128), index=True)
     decision: Mapped[str | None] = mapped_column(String(128), index=True)
-    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)  # feedback finds its request
     #: canonical JSON text, hashed exactly as stored
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))

@@ -57,6 +57,8 @@ class Stats:
     max_active: int = 0
     paths: dict[str, int] = field(default_factory=dict)
     last_body: dict[str, Any] | None = None
+    #: answers completed per prompt (the last user message, or the prompt): "was this line run twice?"
+    answered: dict[str, int] = field(default_factory=dict)
 
 
 class FakeUpstreamApp:
@@ -276,6 +278,7 @@ class FakeUpstreamApp:
             return await _send(send, 200, b"<html>oops</html>", b"text/html")
         tokens, truncated = self._answer(text, max_tokens)
         reason = "length" if truncated else "stop"
+        answered = self.stats.answered
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(tokens),
@@ -288,6 +291,7 @@ class FakeUpstreamApp:
             if self.mode == "die_mid_stream":
                 return await _send_truncated(send, b'{"id": "cmpl-1", "choices": [')
             await self._pause(len(tokens))
+            answered[text] = answered.get(text, 0) + 1
             answer = "".join(tokens)
             choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
             if chat:
