@@ -108,6 +108,19 @@ class Settings:
     health_interval_s: float = setting(5.0, "Active health-check period.", "inference")
     breaker_failures: int = setting(3, "Consecutive failures that open a breaker.", "inference")
     breaker_reset_s: float = setting(10.0, "Open breaker waits this long.", "inference")
+    # --- operations: backups and tracing -----------------------------------------------------------------
+    backup_key_file: Path | None = setting(None, "File holding the operator's backup key (else the environment "
+                                                 "variable PALISADE_BACKUP_KEY, read directly, never logged).",
+                                           "operations")
+    backup_dir: Path | None = setting(None, "Scheduled backups go here; default <data_dir>/backups.", "operations")
+    backup_interval_s: float = setting(0.0, "Celery beat runs palisade.ops.backup this often; 0 = none.",
+                                       "operations")
+    backup_keep: int = setting(7, "Scheduled backups kept (the oldest are pruned first).", "operations")
+    otel_endpoint: str | None = setting(None, "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; "
+                                              "unset = no tracing.", "operations")
+    otel_service_name: str = setting("palisade-gateway", "service.name of the gateway's spans.", "operations")
+    otel_sample_ratio: float = setting(1.0, "Share of new traces sampled (0..1); callers' decisions are kept.",
+                                       "operations")
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -169,6 +182,12 @@ class Settings:
             raise SettingsError("PALISADE_ANOMALY_WINDOW_S and _WARMUP_WINDOWS must be at least 1")
         if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
             raise SettingsError("PALISADE_OIDC_ISSUER and PALISADE_OIDC_JWKS_URL go together")
+        if self.backup_keep < 1 or self.backup_interval_s < 0:
+            raise SettingsError("PALISADE_BACKUP_KEEP must be at least 1 and PALISADE_BACKUP_INTERVAL_S >= 0")
+        if not (0.0 <= self.otel_sample_ratio <= 1.0):
+            raise SettingsError("PALISADE_OTEL_SAMPLE_RATIO must be within 0..1")
+        if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
+            raise SettingsError("PALISADE_OTEL_ENDPOINT must be an http(s):// URL")
         if self.shutdown_grace_s < 0:
             raise SettingsError("PALISADE_SHUTDOWN_GRACE_S must not be negative")
 

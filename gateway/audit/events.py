@@ -53,6 +53,10 @@ class Tag:
     USAGE_ANOMALY = "limits:usage:anomaly"
     PRINCIPAL_SUSPEND = "limits:principal:suspend"
     PRINCIPAL_UNSUSPEND = "limits:principal:unsuspend"
+    # operations (issue 15)
+    BACKUP_CREATE = "ops:backup:create"
+    BACKUP_RESTORE = "ops:backup:restore"
+    BACKUP_PRUNE = "ops:backup:prune"
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from gateway.cli.audit import audit
 from gateway.cli.identity import admin, clients, rotate_signing
 from gateway.cli.keyring import rotate_command
 from gateway.cli.models import models
+from gateway.cli.ops import backup_command, restore_command
 from gateway.cli.policy import limits, policy
 from gateway.cli.server import dev_cert, migrate, serve, worker
 from gateway.settings import declared
@@ -50,7 +51,8 @@ keys.add_command(click.Command("rotate", callback=rotate_command.callback, param
 keys.add_command(click.Command("rotate-signing", callback=rotate_signing.callback, params=rotate_signing.params,
                                help=rotate_signing.help, hidden=True))
 
-for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models):
+for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models,
+                backup_command, restore_command):
     main.add_command(command)
 
 
