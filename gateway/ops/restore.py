@@ -128,7 +128,8 @@ def _check_kek(settings: Settings, archive: VerifiedArchive) -> None:
     if not os.environ.get(MASTER_KEY_ENV) and not (settings.data_dir / "master.key").exists():
         raise BackupError(
             f"no key-encryption key here: restore the escrowed master.key to {settings.data_dir / 'master.key'} "
-            f"or set {MASTER_KEY_ENV} before restoring (backups never hold it); needs {sorted({k['kek_id'] for k in keys})}"
+            f"or set {MASTER_KEY_ENV} before restoring (backups never hold it); "
+            f"needs {sorted({k['kek_id'] for k in keys})}"
         )
     kek = LocalKek.from_env_or_file(settings.data_dir)
 
