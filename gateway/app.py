@@ -32,6 +32,7 @@ from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
 from gateway.middleware import request_id_middleware
+from gateway.observability import tracing
 from gateway.services import Services, build_services
 from gateway.settings import Settings, get_settings
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handle = ServicesHandle()
 
     async def startup(app: Litestar) -> None:
+        tracing.configure(settings)  # per worker process (the exporter's thread); no-op unless OTEL_ENDPOINT
         handle.set(await build_services(settings))
         # everything built at start (torch, transformers, policies) lives for the whole process: move it out of
         # the collector's generations so full collections stay short on the request path
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await services.close()
         except TimeoutError:
             _log.warning("shutdown did not finish in time; exiting anyway")
+        tracing.shutdown()  # flush the spans still batched
 
     openapi = OpenAPIConfig(
         title="Palisade gateway",

@@ -49,6 +49,21 @@ class _NoopSpan:
 NOOP_SPAN = _NoopSpan()
 
 
+class _NoopContext:
+    """The context manager ``span`` returns when tracing is off: no generator, no allocation per call."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoopSpan:
+        return NOOP_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOOP_CONTEXT = _NoopContext()
+
+
 def enabled() -> bool:
     return _tracer is not None
 
@@ -100,14 +115,17 @@ def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, str | bool | int | float) else str(v) for k, v in attrs.items() if v is not None}
 
 
-@contextmanager
-def span(name: str, *, context: Any = None, kind: str | None = None, **attrs: Any) -> Iterator[Any]:
+def span(name: str, *, context: Any = None, kind: str | None = None, **attrs: Any) -> Any:
     """A child of the current span (or of ``context``, from ``extract``); a no-op when tracing is off.
-    Exceptions are recorded on the span and re-raised."""
+    Exceptions are recorded on the span and re-raised. Use as ``with span(...) as s:``."""
     tracer = _tracer
     if tracer is None:
-        yield NOOP_SPAN
-        return
+        return _NOOP_CONTEXT
+    return _span(tracer, name, context, kind, attrs)
+
+
+@contextmanager
+def _span(tracer: Any, name: str, context: Any, kind: str | None, attrs: dict[str, Any]) -> Iterator[Any]:
     from opentelemetry.trace import SpanKind
 
     span_kind = getattr(SpanKind, (kind or "internal").upper())
