@@ -1,4 +1,4 @@
-"""Celery task ``palisade.ops.backup`` and its beat schedule (every PALISADE_BACKUP_INTERVAL_S seconds)."""
+"""Celery task ``palisade.ops.backup`` (scheduled by ``gateway.jobs.beat_schedule``; ids in, a service call out)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,3 @@ def scheduled_backup() -> dict[str, Any]:
 
     return run(get_settings()).summary()
 
-
-def beat_schedule(settings: Any) -> dict[str, Any]:
-    """Entries for ``app.conf.beat_schedule``; empty unless scheduled backups are configured."""
-    if settings.backup_interval_s <= 0:
-        return {}
-    return {"palisade-ops-backup": {"task": "palisade.ops.backup", "schedule": settings.backup_interval_s,
-                                    "options": {"queue": "cpu"}}}

@@ -233,8 +233,8 @@ def test_postgres_round_trip_under_traffic(tmp_path, upstream_models, backup_key
 
 def test_scheduled_backups_keep_the_newest(tmp_path, backup_key, monkeypatch):
     """The Celery task's body: a new archive in the backup dir, older ones pruned to PALISADE_BACKUP_KEEP."""
+    from gateway.jobs import beat_schedule
     from gateway.ops.service import scheduled_backup
-    from gateway.ops.tasks import beat_schedule
     from gateway.settings import Settings
 
     env = base_env(tmp_path / "s", PALISADE_BACKUP_KEY=backup_key, PALISADE_BACKUP_KEEP="2",

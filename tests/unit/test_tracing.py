@@ -77,3 +77,34 @@ def test_exports_over_otlp_http_to_a_receiver_process(tmp_path):
     assert spans["dataset.ingest"]["attributes"] == {"dataset": "ds-1", "records": 3}
     assert spans["dataset.pii"]["parent_span_id"] == spans["dataset.ingest"]["span_id"]
     assert spans["dataset.pii"]["trace_id"] == spans["dataset.ingest"]["trace_id"]
+
+
+def test_celery_task_spans_continue_the_enqueuing_trace(memory):
+    from celery import Celery
+
+    from gateway.observability.celery import _postrun, _prerun, enqueue_headers
+
+    app = Celery("t", broker="memory://", backend="cache+memory://")
+
+    @app.task(name="palisade.test.stage")
+    def stage() -> str:
+        with tracing.span("dataset.dedup", records=2):
+            return tracing.current_trace_id() or ""
+
+    from celery import signals
+
+    signals.task_prerun.connect(_prerun, weak=False)
+    signals.task_postrun.connect(_postrun, weak=False)
+    try:
+        with tracing.span("http.request"):
+            headers = enqueue_headers()
+            trace_id = tracing.current_trace_id()
+        result = stage.apply(headers=headers).get()
+    finally:
+        signals.task_prerun.disconnect(_prerun)
+        signals.task_postrun.disconnect(_postrun)
+    assert result == trace_id
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    task = spans["celery.task palisade.test.stage"]
+    assert format(task.context.trace_id, "032x") == trace_id
+    assert spans["dataset.dedup"].parent.span_id == task.context.span_id
