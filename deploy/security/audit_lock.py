@@ -11,7 +11,7 @@ the packages left unchecked. Tries the PyPI advisory service, then OSV.
 from __future__ import annotations
 
 import json
-import subprocess  # nosec B404 - runs pip-audit with a fixed argument list
+import subprocess  # nosec B404 # pip-audit with a fixed argument list
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +26,7 @@ def run(service: str, locks: list[str]) -> dict | None:
                 "-s", service, "-f", "json", "-o", out.name]
         for lock in locks:
             args += ["-r", lock]
-        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: S603  # nosec B603
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: S603 # nosec B603 # fixed argv
         try:
             return json.loads(Path(out.name).read_text() or "null")
         except ValueError:

@@ -13,7 +13,7 @@ import base64
 import os
 import shutil
 import sqlite3
-import subprocess  # nosec B404 - pg_dump/pg_restore are run with fixed argument lists, no shell
+import subprocess  # nosec B404 # pg_dump/pg_restore run with fixed argument lists, no shell
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def _facts(cur: Any, kind: str) -> SnapshotFacts:
 
     revision = one("SELECT version_num FROM alembic_version")
     seq = one("SELECT max(seq) FROM audit_records") or 0
-    last_hash = one(f"SELECT hash FROM audit_records WHERE seq = {int(seq)}") if seq else None  # noqa: S608  # nosec B608 - an int
+    last_hash = one(f"SELECT hash FROM audit_records WHERE seq = {int(seq)}") if seq else None  # noqa: S608 # nosec B608 # seq is an int
     keys: list[dict[str, Any]] = []
     try:
         cur.execute("SELECT purpose, version, kek_id, wrapped FROM data_keys ORDER BY purpose, version")
@@ -122,7 +122,7 @@ def snapshot_postgres(database_url: str, dest: Path) -> SnapshotFacts:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         with conn.cursor() as cur:
             facts = _facts(cur, "postgresql")
-        proc = subprocess.run(  # noqa: S603  # nosec B603 - fixed argv, the snapshot id comes from the server
+        proc = subprocess.run(  # noqa: S603 # nosec B603 # fixed argv, no shell
             [pg_dump, *args, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
              "--file", str(dest)],
             env=env, capture_output=True, text=True, timeout=3600,
@@ -156,8 +156,12 @@ def nonempty_tables(database_url: str) -> list[str]:
         with engine.connect() as conn:
             names = [n for n in inspect(conn).get_table_names() if n not in _SCHEMA_ONLY]
             quote = engine.dialect.identifier_preparer.quote
-            return [n for n in names
-                    if conn.execute(text(f"SELECT 1 FROM {quote(n)} LIMIT 1")).first()]  # noqa: S608  # nosec B608 - quoted table names
+            busy = []
+            for n in names:
+                probe = text(f"SELECT 1 FROM {quote(n)} LIMIT 1")  # noqa: S608 (a quoted table name)
+                if conn.execute(probe).first():
+                    busy.append(n)
+            return busy
     finally:
         engine.dispose()
 
@@ -189,7 +193,7 @@ def restore_postgres(database_url: str, source: Path) -> None:
         # the audit triggers refuse TRUNCATE/DELETE but not DROP: the schema goes as a whole
         conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
         conn.execute("CREATE SCHEMA public")
-    proc = subprocess.run(  # noqa: S603  # nosec B603 - fixed argv, no shell
+    proc = subprocess.run(  # noqa: S603 # nosec B603 # fixed argv, no shell
         [pg_restore, *args, "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error",
          str(source)],
         env=env, capture_output=True, text=True, timeout=3600,
