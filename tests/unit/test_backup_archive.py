@@ -39,7 +39,7 @@ def _open(blob: bytes, key: bytes = KEY) -> bytes:
 def test_round_trip(size):
     data = secrets.token_bytes(size)
     blob = _seal(data)
-    assert data not in blob or size == 0
+    assert size < 16 or data[:16] not in blob
     assert _open(blob) == data
 
 
