@@ -81,7 +81,7 @@ def test_environment_names_are_real_settings(objects):
 def test_palisade_commands_exist(objects):
     import click
 
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     for name, tpl in _pod_specs(objects):
         for c in tpl["spec"]["containers"]:
