@@ -31,6 +31,7 @@ from gateway.inference.base import (
     StreamDelta,
 )
 from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH
+from gateway.observability import tracing
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -349,10 +350,12 @@ class Router:
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
-            ep, trial = await self._next_endpoint(alias, tried, last)
+            with tracing.span("routing", model=alias, attempt=_attempt):
+                ep, trial = await self._next_endpoint(alias, tried, last)
             verdict = False
             try:
-                result = await ep.backend.generate(req)
+                with tracing.span("upstream", kind="client", model=alias, endpoint=ep.backend.name):
+                    result = await ep.backend.generate(req)
             except BackendConnectError as exc:
                 verdict = True
                 last = self._to_api_error(ep, exc)
@@ -374,7 +377,8 @@ class Router:
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
-            ep, trial = await self._next_endpoint(alias, tried, last)
+            with tracing.span("routing", model=alias, attempt=_attempt):
+                ep, trial = await self._next_endpoint(alias, tried, last)
             it = ep.backend.stream(req)
             yielded = False
             verdict = False
@@ -382,7 +386,12 @@ class Router:
             try:
                 while True:
                     try:
-                        delta = await anext(it)
+                        if yielded:
+                            delta = await anext(it)
+                        else:  # the request goes out here: connect and time to the first token, traceparent sent
+                            with tracing.span("upstream", kind="client", model=alias, endpoint=ep.backend.name,
+                                              stream=True):
+                                delta = await anext(it)
                     except StopAsyncIteration:
                         break
                     except BackendConnectError as exc:

@@ -147,6 +147,21 @@ def extract(headers: Mapping[str, str]) -> Any:
     return _propagator.extract({k.lower(): v for k, v in headers.items()})
 
 
+def aiohttp_trace_configs() -> list[Any]:
+    """For an upstream ``aiohttp.ClientSession(trace_configs=...)``: every request it sends carries the current
+    span's ``traceparent``. Empty when tracing is off (sessions are made after ``configure``)."""
+    if _tracer is None:
+        return []
+    import aiohttp
+
+    async def on_start(_session: Any, _ctx: Any, params: Any) -> None:
+        inject(params.headers)
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(on_start)
+    return [config]
+
+
 def current_trace_id() -> str | None:
     """32 hex digits of the current trace, or None (tracing off, no span, or not sampled)."""
     if _tracer is None:
