@@ -2,8 +2,12 @@
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PALISADE_DATA_DIR=/data
 WORKDIR /app
-# pg_dump/pg_restore for `palisade backup` / `palisade restore` against Postgres
-RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client && rm -rf /var/lib/apt/lists/*
+# pg_dump/pg_restore for `palisade backup` / `palisade restore`; their major version must be >= the server's
+# (compose runs Postgres 16), so they come from the PostgreSQL project's Debian repository
+ARG PG_MAJOR=16
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-common ca-certificates \
+ && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+ && apt-get install -y --no-install-recommends postgresql-client-${PG_MAJOR} && rm -rf /var/lib/apt/lists/*
 # Every dependency exactly as locked, each wheel checked against its hashes (torch: the CPU build 2.13.0+cpu from
 # the PyTorch CPU index). GPU hosts: --build-arg TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128 replaces
 # torch with the CUDA build of the same version and its CUDA libraries (those wheels are then not hash-pinned).

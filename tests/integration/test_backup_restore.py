@@ -208,6 +208,7 @@ def test_postgres_round_trip_under_traffic(tmp_path, upstream_models, backup_key
         assert proc.returncode == 1
         with psycopg.connect(target_url) as conn:
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
+        cli(env_b, "migrate")  # a migrated database with no rows yet counts as empty
         done = _last_json(cli(env_b, "restore", str(archive)))
         assert done["audit_last_seq"] == made["audit_last_seq"]
         out = _verify_ok(env_b)
@@ -249,3 +250,55 @@ def test_scheduled_backups_keep_the_newest(tmp_path, backup_key, monkeypatch):
     assert kept == made[1:]
     out = _verify_ok(env)
     assert "0 problems" in out
+
+
+def test_beat_runs_scheduled_backups_in_a_real_worker(tmp_path, backup_key):
+    """`palisade worker --beat` with PALISADE_BACKUP_INTERVAL_S: archives appear, pruned to PALISADE_BACKUP_KEEP."""
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT
+
+    env = base_env(tmp_path / "w", PALISADE_BACKUP_KEY=backup_key, PALISADE_BACKUP_KEEP="2",
+                   PALISADE_BACKUP_INTERVAL_S="2")
+    cli(env, "migrate")
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu", "--beat"], env=env,
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    folder = tmp_path / "w" / "backups"
+    try:
+        deadline = time.monotonic() + 120
+        while _backup_events(tmp_path / "w") < 3 and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+    assert _backup_events(tmp_path / "w") >= 3, (tmp_path / "worker.log").read_text()[-3000:]
+    assert len(list(folder.glob("*.palisade-backup"))) == 2
+    _verify_ok(env)
+
+
+def _backup_events(data: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(data / "palisade.db") as db:
+        return db.execute("SELECT count(*) FROM audit_records WHERE tag = 'ops:backup:create'").fetchone()[0]
+
+
+def test_artifacts_travel_with_their_manifest(tmp_path, backup_key):
+    data = tmp_path / "a"
+    env = base_env(data, PALISADE_BACKUP_KEY=backup_key)
+    cli(env, "migrate")
+    files = {"artifacts/models/v1/model.safetensors": secrets.token_bytes(70_000),
+             "datasets/ds-1/shard-000.jsonl": b'{"text": "hello"}\n'}
+    for rel, body in files.items():
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(body)
+    archive = tmp_path / "art.palisade-backup"
+    assert _last_json(cli(env, "backup", "--out", str(archive), "--with-artifacts"))["members"] == 7
+    data_b = _new_data_dir(tmp_path, "b", data)
+    done = _last_json(cli(base_env(data_b, PALISADE_BACKUP_KEY=backup_key), "restore", str(archive)))
+    assert done["artifacts_restored"] == 2
+    for rel, body in files.items():
+        assert (data_b / rel).read_bytes() == body

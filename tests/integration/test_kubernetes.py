@@ -124,6 +124,11 @@ def test_gateway_drains_and_scales(objects):
     hpa = _by(objects, "HorizontalPodAutoscaler")["palisade-gateway"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "palisade-gateway"
     assert hpa["spec"]["minReplicas"] >= 2 and gw["spec"]["replicas"] >= 2
+    scheduler = _by(objects, "Deployment")["palisade-scheduler"]
+    assert scheduler["spec"]["replicas"] == 1 and scheduler["spec"]["strategy"]["type"] == "Recreate"
+    assert "--beat" in scheduler["spec"]["template"]["spec"]["containers"][0]["command"]
+    beats = [n for n, tpl in _pod_specs(objects) if "--beat" in (tpl["spec"]["containers"][0].get("command") or [])]
+    assert beats == ["palisade-scheduler"]
     job = _by(objects, "Job")["palisade-migrate"]
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["palisade", "migrate"]
 
