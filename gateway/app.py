@@ -36,6 +36,7 @@ from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
 from gateway.middleware import request_id_middleware
+from gateway.observability import tracing
 from gateway.runs.routes import RUN_ROUTES
 from gateway.services import Services, build_services
 from gateway.settings import Settings, get_settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     batches = BatchesHandle()
 
     async def startup(app: Litestar) -> None:
+        tracing.configure(settings)  # per worker process (the exporter's thread); no-op unless OTEL_ENDPOINT
         services = await build_services(settings)
         batches.domain = await BatchDomain.open(services)
         handle.set(services)
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await services.close()
         except TimeoutError:
             _log.warning("shutdown did not finish in time; exiting anyway")
+        tracing.shutdown()  # flush the spans still batched
 
     openapi = OpenAPIConfig(
         title="Palisade gateway",

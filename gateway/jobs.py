@@ -14,6 +14,8 @@ from typing import Any
 
 from celery import Celery
 
+from gateway.observability import tracing
+from gateway.observability.celery import instrument_celery
 from gateway.settings import Settings
 
 #: the longest job (a training run) must finish before a Redis broker would hand its message to another worker;
@@ -46,7 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
 #: worker imports them, the gateway never does (it sends by name)
 TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "trainer.runs.tasks",
-                "gateway.batches.tasks"]
+                "gateway.batches.tasks", "gateway.ops.tasks"]
 
 
 def make_worker_app(settings: Settings) -> Celery:
@@ -54,7 +56,17 @@ def make_worker_app(settings: Settings) -> Celery:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker lives there in embedded mode
     app = Celery("palisade", include=TASK_MODULES)
     app.conf.update(celery_config(settings))
+    app.conf.beat_schedule = beat_schedule(settings)  # what `palisade worker --beat` sends, and when
+    instrument_celery(settings)  # a span per task when PALISADE_OTEL_ENDPOINT is set
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """Scheduled tasks, by name: backups every PALISADE_BACKUP_INTERVAL_S (none when 0)."""
+    if settings.backup_interval_s <= 0:
+        return {}
+    return {"palisade-ops-backup": {"task": "palisade.ops.backup", "schedule": settings.backup_interval_s,
+                                    "options": {"queue": "cpu"}}}
 
 
 def make_client(settings: Settings) -> Celery:
@@ -77,5 +89,6 @@ class JobQueue:
 
     def enqueue(self, task: str, *args: Any, queue: str | None = None, task_id: str | None = None) -> str:
         """Send ``task`` by name; returns the Celery task id. Call after the commit that the task will read."""
-        result = self.app.send_task(task, args=list(args), queue=queue, task_id=task_id)
+        headers = dict(tracing.inject({})) or None  # the task's span joins the enqueuing request's trace
+        result = self.app.send_task(task, args=list(args), queue=queue, task_id=task_id, headers=headers)
         return str(result.id)

@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from gateway.observability.tracing import add_trace_id
+
 _SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|secret|password|token|cookie|totp|otp|seed)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+|pal_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
@@ -29,7 +31,7 @@ def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+            foreign_pre_chain=[structlog.contextvars.merge_contextvars, add_trace_id, structlog.stdlib.add_log_level,
                                structlog.stdlib.add_logger_name, stamp],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact,
                         structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
@@ -44,6 +46,7 @@ def configure_logging(level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_id,  # the current trace id (tracing on), so a log line joins its trace and audit record
             structlog.processors.add_log_level,
             stamp,
             _redact,

@@ -13,6 +13,7 @@ import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import LATENCY, REQUESTS
+from gateway.observability import tracing
 
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _log = structlog.get_logger("palisade.access")
@@ -48,18 +49,39 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 message["headers"] = [*message.get("headers", ()), rid_header, *extra]
             await send(message)
 
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("path_template") or "unmatched"
-            method = scope["method"]
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(elapsed)
-            if status >= 400 or route not in ("/healthz", "/metrics", "/readyz"):
-                _log.info(
-                    "request", request_id=rid, method=method, route=route, status=status,
-                    ms=round(elapsed * 1000, 2), principal=scope.get("state", {}).get("principal_id"),
-                )
+        if tracing.enabled():  # off: not one extra call on the hot path
+            with _request_span(scope, rid) as sp:
+                await _serve(app, scope, receive, send_wrapper, rid, start, lambda: status)
+                sp.set_attribute("http.route", scope.get("path_template") or "unmatched")
+                sp.set_attribute("http.response.status_code", status)
+            return
+        await _serve(app, scope, receive, send_wrapper, rid, start, lambda: status)
 
     return middleware
+
+
+async def _serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, rid: str, start: float,
+                 status_of: object) -> None:
+    try:
+        await app(scope, receive, send)
+    finally:
+        status = status_of()  # type: ignore[operator]
+        elapsed = time.perf_counter() - start
+        route = scope.get("path_template") or "unmatched"
+        method = scope["method"]
+        REQUESTS.labels(method, route, str(status)).inc()
+        LATENCY.labels(method, route).observe(elapsed)
+        if status >= 400 or route not in ("/healthz", "/metrics", "/readyz"):
+            _log.info(
+                "request", request_id=rid, method=method, route=route, status=status,
+                ms=round(elapsed * 1000, 2), principal=scope.get("state", {}).get("principal_id"),
+            )
+
+
+def _request_span(scope: Scope, rid: str):  # noqa: ANN202
+    """The request's root span, continuing the caller's W3C traceparent; the access log line is written inside
+    it, so it carries the trace id."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+               if k in (b"traceparent", b"tracestate")}
+    return tracing.span("http.request", context=tracing.extract(headers), kind="server", request_id=rid,
+                        **{"http.request.method": scope["method"], "url.path": scope["path"]})

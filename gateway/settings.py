@@ -127,6 +127,19 @@ class Settings:
     batch_concurrency: int = setting(8, "Lines of one batch in flight at once.", "batches")
     batch_lease_s: float = setting(15.0, "A batch whose runner has not renewed its lease for this long is taken "
                                          "over by another.", "batches")
+    # --- operations: backups and tracing -----------------------------------------------------------------
+    backup_key_file: Path | None = setting(None, "File holding the operator's backup key (else the environment "
+                                                 "variable PALISADE_BACKUP_KEY, read directly, never logged).",
+                                           "operations")
+    backup_dir: Path | None = setting(None, "Scheduled backups go here; default <data_dir>/backups.", "operations")
+    backup_interval_s: float = setting(0.0, "Celery beat runs palisade.ops.backup this often; 0 = none.",
+                                       "operations")
+    backup_keep: int = setting(7, "Scheduled backups kept (the oldest are pruned first).", "operations")
+    otel_endpoint: str | None = setting(None, "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; "
+                                              "unset = no tracing.", "operations")
+    otel_service_name: str = setting("palisade-gateway", "service.name of the gateway's spans.", "operations")
+    otel_sample_ratio: float = setting(1.0, "Share of new traces sampled (0..1); callers' decisions are kept.",
+                                       "operations")
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -192,6 +205,12 @@ class Settings:
             raise SettingsError("PALISADE_FILES_MAX_BYTES, _MAX_LINES and _RETENTION_DAYS must be positive")
         if self.batch_concurrency < 1 or self.batch_lease_s < 1:
             raise SettingsError("PALISADE_BATCH_CONCURRENCY and PALISADE_BATCH_LEASE_S must be at least 1")
+        if self.backup_keep < 1 or self.backup_interval_s < 0:
+            raise SettingsError("PALISADE_BACKUP_KEEP must be at least 1 and PALISADE_BACKUP_INTERVAL_S >= 0")
+        if not (0.0 <= self.otel_sample_ratio <= 1.0):
+            raise SettingsError("PALISADE_OTEL_SAMPLE_RATIO must be within 0..1")
+        if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
+            raise SettingsError("PALISADE_OTEL_ENDPOINT must be an http(s):// URL")
         if self.shutdown_grace_s < 0:
             raise SettingsError("PALISADE_SHUTDOWN_GRACE_S must not be negative")
 

@@ -17,6 +17,7 @@ from gateway.authn.principal import Principal
 from gateway.authz.actions import Action
 from gateway.context import RequestContext, new_request_id
 from gateway.errors import Forbidden
+from gateway.observability import tracing
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -30,7 +31,9 @@ def make_authorize(services: Callable[[], Services]) -> Guard:
         if action == Action.PUBLIC:
             return
         s = services()
-        principal = await s.authenticator.authenticate(connection)
+        with tracing.span("authentication") as span:
+            principal = await s.authenticator.authenticate(connection)
+            span.set_attribute("auth_method", principal.auth_method)
         state = connection.scope["state"]
         connection.scope["user"] = principal
         state["principal_id"] = principal.id

@@ -32,6 +32,7 @@ from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
 from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.errors import ServiceUnavailable
+from gateway.observability import tracing
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.audit")
@@ -104,6 +105,18 @@ class AuditChain:
         if self._closed or self._writer is None or self._writer.done():
             raise AuditUnavailable()
         event.at = event.at or utcnow()
+        if tracing.enabled():
+            return await self._record_traced(event)
+        return await self._record(event)
+
+    async def _record_traced(self, event: AuditEvent) -> int:
+        trace_id = tracing.current_trace_id()
+        if trace_id and "trace_id" not in event.details:
+            event.details = {**event.details, "trace_id": trace_id}  # joins the record to its trace
+        with tracing.span("audit.record", tag=event.tag):
+            return await self._record(event)
+
+    async def _record(self, event: AuditEvent) -> int:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._queue.put_nowait((event, future))

@@ -93,6 +93,10 @@ class Tag:
     BATCH_FINISH = "batch:job:finish"  # completed, cancelled or expired (details.status)
     FEEDBACK_SUBMIT = "feedback:rating:submit"
     FEEDBACK_EXPORT = "admin:feedback:export"
+    # operations (issue 15)
+    BACKUP_CREATE = "ops:backup:create"
+    BACKUP_RESTORE = "ops:backup:restore"
+    BACKUP_PRUNE = "ops:backup:prune"
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from gateway.authz.decision import Decision
 from gateway.authz.enforcer import CasbinAuthorizer
 from gateway.context import RequestContext
 from gateway.errors import Forbidden
+from gateway.observability import tracing
 
 
 class DenialWatch(Protocol):
@@ -33,7 +34,9 @@ class Authorization:
 
     async def require(self, ctx: RequestContext, action: str, resource: dict[str, Any] | None = None) -> Decision:
         resource = resource or {}
-        decision = await self.decide(ctx, action, resource)
+        with tracing.span("authorization", action=action) as span:
+            decision = await self.decide(ctx, action, resource)
+            span.set_attribute("decision", "allow" if decision.allowed else "deny")
         if not decision.allowed:
             await self.audit.record(AuditEvent.of(
                 ctx, Tag.AUTHZ_DENY, target=str(resource.get("model") or action), decision=decision.id,

@@ -13,6 +13,7 @@ from gateway.cli.datasets import datasets
 from gateway.cli.identity import admin, clients, rotate_signing
 from gateway.cli.keyring import rotate_command
 from gateway.cli.models import models
+from gateway.cli.ops import backup_command, restore_command
 from gateway.cli.policy import limits, policy
 from gateway.cli.runs import runs
 from gateway.cli.server import dev_cert, migrate, serve, worker
@@ -54,7 +55,7 @@ keys.add_command(click.Command("rotate-signing", callback=rotate_signing.callbac
                                help=rotate_signing.help, hidden=True))
 
 for command in (serve, worker, migrate, dev_cert, keys, clients, admin, policy, limits, audit, models, datasets,
-                runs, batches, feedback):
+                runs, batches, feedback, backup_command, restore_command):
     main.add_command(command)
 
 

@@ -73,7 +73,9 @@ def migrate() -> None:
 @click.command()
 @click.option("--queues", default="cpu", show_default=True, help="Comma-separated Celery queues (cpu, gpu).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs run at once.")
-def worker(queues: str, concurrency: int) -> None:
+@click.option("--beat", is_flag=True, help="Also run the scheduler (Celery beat) in this worker: scheduled backups "
+                                           "(PALISADE_BACKUP_INTERVAL_S). Exactly one worker of a deployment.")
+def worker(queues: str, concurrency: int, beat: bool) -> None:
     """Run a Celery worker for datasets, training runs and batches."""
     from gateway.jobs import make_worker_app
 
@@ -83,8 +85,11 @@ def worker(queues: str, concurrency: int) -> None:
 
         upgrade(settings)
     app = make_worker_app(settings)
-    app.worker_main(["worker", "--loglevel=INFO", f"--queues={queues}", f"--concurrency={concurrency}",
-                     "--pool=prefork" if concurrency > 1 else "--pool=solo", "--without-gossip", "--without-mingle"])
+    argv = ["worker", "--loglevel=INFO", f"--queues={queues}", f"--concurrency={concurrency}",
+            "--pool=prefork" if concurrency > 1 else "--pool=solo", "--without-gossip", "--without-mingle"]
+    if beat:  # the schedule's state file lives in the data dir (one beat per deployment)
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    app.worker_main(argv)
 
 
 @click.command("dev-cert")

@@ -39,6 +39,7 @@ from gateway.inference.base import (
     StreamDelta,
 )
 from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH
+from gateway.observability import tracing
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -424,10 +425,12 @@ class Router:
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
-            ep, trial = await self._next_endpoint(alias, tried, last)
+            with tracing.span("routing", model=alias, attempt=_attempt):
+                ep, trial = await self._next_endpoint(alias, tried, last)
             verdict = False
             try:
-                result = await ep.backend.generate(req)
+                with tracing.span("upstream", kind="client", model=alias, endpoint=ep.backend.name):
+                    result = await ep.backend.generate(req)
             except BackendConnectError as exc:
                 verdict = True
                 last = self._to_api_error(ep, exc)
@@ -467,7 +470,8 @@ class Router:
         version = ep.version
         for attempt in range(1 + self.max_retries):
             if attempt:  # a retry stays on the version this stream started on
-                ep, trial = await self._next_endpoint(alias, tried, last, version)
+                with tracing.span("routing", model=alias, attempt=attempt):
+                    ep, trial = await self._next_endpoint(alias, tried, last, version)
             it = ep.backend.stream(req)
             yielded = False
             verdict = False
@@ -475,7 +479,12 @@ class Router:
             try:
                 while True:
                     try:
-                        delta = await anext(it)
+                        if yielded:
+                            delta = await anext(it)
+                        else:  # the request goes out here: connect and time to the first token, traceparent sent
+                            with tracing.span("upstream", kind="client", model=alias, endpoint=ep.backend.name,
+                                              stream=True):
+                                delta = await anext(it)
                     except StopAsyncIteration:
                         break
                     except BackendConnectError as exc:

@@ -29,6 +29,7 @@ from gateway.inference.router import Router, RouterStream
 from gateway.limits import Limiter, Reservation
 from gateway.limits.config import PRIORITY_LOW
 from gateway.metrics import TOKENS
+from gateway.observability import tracing
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.inference")
@@ -151,8 +152,9 @@ class InferenceService:
                     )
                 params.max_tokens = room
         priority = PRIORITY_LOW if ctx.priority == "batch" else None
-        reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
-                                                 priority=priority)
+        with tracing.span("limits", model=alias, tokens=prompt_tokens + params.max_tokens):
+            reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
+                                                     priority=priority)
         headers = {name.decode(): value.decode() for name, value in reservation.headers()}
         return Prepared(ctx, alias, req, prompt_tokens, reservation, time.perf_counter(), entry.retain_content,
                         None, headers, target)

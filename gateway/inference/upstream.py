@@ -26,6 +26,7 @@ from gateway.inference.base import (
     FinishReason,
     Usage,
 )
+from gateway.observability import tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +88,7 @@ class PooledSession:
                                                keepalive_timeout=self.keepalive_s, ttl_dns_cache=self.dns_ttl_s),
                 trust_env=False,  # upstreams are addressed directly, never through *_PROXY variables
                 raise_for_status=False,
+                trace_configs=tracing.aiohttp_trace_configs(),  # W3C traceparent upstream (tracing on)
             )
             self._loop = loop
         return session

@@ -75,7 +75,7 @@ class _Script:
 
     def __init__(self, redis: Any, source: str) -> None:
         self.redis, self.source = redis, source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA-1
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         try:

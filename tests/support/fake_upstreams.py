@@ -59,6 +59,8 @@ class Stats:
     last_body: dict[str, Any] | None = None
     #: answers completed per prompt (the last user message, or the prompt): "was this line run twice?"
     answered: dict[str, int] = field(default_factory=dict)
+    #: the W3C trace context of the last request (what a traced gateway passes upstream)
+    last_traceparent: str | None = None
 
 
 class FakeUpstreamApp:
@@ -89,6 +91,9 @@ class FakeUpstreamApp:
         path = scope["path"]
         st.requests += 1
         st.paths[path] = st.paths.get(path, 0) + 1
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                st.last_traceparent = value.decode("latin-1")
         st.active += 1
         st.max_active = max(st.max_active, st.active)
         try:

@@ -1,0 +1,1 @@
+"""Observability beyond metrics: OpenTelemetry tracing (gateway.observability.tracing)."""

@@ -1,0 +1,1 @@
+"""Operations: encrypted, signed backups and restores of a Palisade installation (``palisade backup|restore``)."""
