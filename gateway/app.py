@@ -30,6 +30,7 @@ from gateway.api.identity_api import IDENTITY_ROUTES
 from gateway.api.openai_api import OpenAIController
 from gateway.api.tgi_api import TGIController
 from gateway.authz.actions import Action
+from gateway.console import CONSOLE_ROUTERS, template_config
 from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
@@ -102,7 +103,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *LIMITS_ROUTES,
             *MODEL_ROUTES,
             *DATASET_ROUTES,
+            *CONSOLE_ROUTERS,
         ],
+        template_config=template_config(),
         guards=[make_authorize(handle)],
         dependencies={
             "services": Provide(handle, sync_to_thread=False, use_cache=True),

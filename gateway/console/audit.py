@@ -1,0 +1,135 @@
+"""Audit pages for compliance officers: search and filter, a record with its place in the chain, the trail's
+status with ``verify`` on demand, and export (JSONL or CSV) with the signed manifest and the public key.
+
+An export is written under the data dir (``exports/<random id>/``) by the same code as ``palisade audit export``,
+is itself an audit event, and can be downloaded only by the person who made it. ``palisade audit verify-export
+FILE --public-key KEY.pem`` checks the three downloaded files offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from litestar import Request, get, post
+from litestar.exceptions import NotFoundException
+from litestar.response import File, Response, Template
+
+from gateway.audit.chain import head_file_of
+from gateway.audit.events import Tag
+from gateway.audit.export import export, manifest_path
+from gateway.audit.pins import keys_file_of
+from gateway.audit.signing import public_pem
+from gateway.audit.verify import verify_trail
+from gateway.authz.actions import Action
+from gateway.console.access import can, fragment, page, principal_of, record, services_of
+from gateway.console.audit_query import filters_from, record_view, search, trail_status
+from gateway.console.security import HEADERS
+from gateway.console.stepup import ensure_step_up
+
+READ = {"action": Action.AUDIT_READ}
+EXPORT = {"action": Action.AUDIT_EXPORT}
+_EXPORT_ID = re.compile(r"^[0-9a-f]{24}$")
+_FILE = re.compile(r"^audit-[0-9TZ-]+\.(jsonl|csv)(\.manifest\.json)?$")
+OWNER_FILE = ".owner"
+
+
+def _cursor(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() and len(value) < 20 else None
+
+
+@get("/audit", opt=READ, include_in_schema=False)
+async def audit_page(request: Request) -> Template:
+    params = request.query_params
+    filters = filters_from(params)
+    result = await search(services_of(request).db, filters, _cursor(params.get("before")))
+    query = {k: str(params.get(k) or "") for k in ("since", "until", "actor", "action", "model", "decision")}
+    template = "audit_rows.html" if request.headers.get("hx-request") == "true" and params.get("before") else (
+        "audit.html")
+    return await page(request, template, result=result, q=query,
+                      may_export=await can(request, Action.AUDIT_EXPORT))
+
+
+@get("/audit/records/{seq:int}", opt=READ, include_in_schema=False)
+async def audit_record(request: Request, seq: int) -> Template:
+    view = await record_view(services_of(request).db, seq)
+    if view is None:
+        raise NotFoundException(f"no audit record {seq}")
+    return await page(request, "audit_record.html", view=view)
+
+
+@get("/audit/status", opt=READ, include_in_schema=False)
+async def audit_status(request: Request) -> Template:
+    s = services_of(request)
+    status = await trail_status(s.db, s.audit)
+    return await page(request, "audit_status.html", status=status)
+
+
+@post("/audit/verify", opt=READ, include_in_schema=False, status_code=200)
+async def audit_verify(request: Request) -> Template:
+    """The same check as ``palisade audit verify``, against the pinned keys and the external head."""
+    form = await request.form()
+    settings = services_of(request).settings
+    since = str(form.get("from_seq") or "").strip()
+    report = await asyncio.to_thread(
+        verify_trail, settings.database_url, head_file=head_file_of(settings), keys_file=keys_file_of(settings),
+        from_seq=int(since) if since.isdigit() and len(since) < 20 else None,
+    )
+    return fragment("audit_verified.html", report=report)
+
+
+def _exports_dir(request: Request) -> Path:
+    return services_of(request).settings.data_dir / "exports"
+
+
+@post("/audit/export", opt=EXPORT, include_in_schema=False, status_code=200)
+async def audit_export(request: Request) -> Template:
+    form = await request.form()
+    if not await ensure_step_up(request, form):
+        return fragment("audit_exported.html", status_code=403,
+                        error="Exporting needs a code from your authenticator (your last check is older "
+                              "than 5 minutes).")
+    fmt = "csv" if form.get("format") == "csv" else "jsonl"
+    filters = filters_from(form)
+    s = services_of(request)
+    export_id = secrets.token_hex(12)
+    folder = _exports_dir(request) / export_id
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / OWNER_FILE).write_text(principal_of(request).id)
+    name = f"audit-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.{fmt}"
+    out = folder / name
+    await s.audit.checkpoint()  # the manifest then carries a signature over the current head
+    manifest = await asyncio.to_thread(export, s.settings.database_url, out, s.audit.signer, filters, fmt)
+    await record(request, Tag.AUDIT_EXPORT, target=name, filters=filters.describe(), format=fmt,
+                 count=manifest["count"], sha256=manifest["sha256"], range=manifest["range"])
+    return fragment("audit_exported.html", error=None, export_id=export_id, name=name,
+                    manifest_name=manifest_path(out).name, manifest=manifest)
+
+
+@get("/audit/exports/{export_id:str}/{name:str}", opt=EXPORT, include_in_schema=False)
+async def audit_download(request: Request, export_id: str, name: str) -> File:
+    """One file of an export, only to the person who made it (anyone else: 404, not 403)."""
+    folder = _exports_dir(request) / export_id
+    if not _EXPORT_ID.match(export_id) or not _FILE.match(name) or not folder.is_dir():
+        raise NotFoundException("no such export")
+    owner = (folder / OWNER_FILE).read_text() if (folder / OWNER_FILE).exists() else ""
+    path = folder / name
+    if owner != principal_of(request).id or not path.is_file():
+        raise NotFoundException("no such export")
+    media = "application/json" if name.endswith(".json") else (
+        "text/csv" if name.endswith(".csv") else "application/x-ndjson")
+    return File(path=path, filename=name, media_type=media, headers=HEADERS)
+
+
+@get("/audit/public-key", opt=READ, include_in_schema=False)
+async def audit_public_key(request: Request) -> Response:
+    """The audit signing public key (PEM), for ``palisade audit verify-export --public-key``."""
+    pem = public_pem(services_of(request).audit.signer.public)
+    return Response(pem, media_type="application/x-pem-file", headers={
+        **HEADERS, "Content-Disposition": 'attachment; filename="palisade-audit-public-key.pem"'})
+
+
+ROUTES = [audit_page, audit_record, audit_status, audit_verify, audit_export, audit_download, audit_public_key]
