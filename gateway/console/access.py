@@ -117,11 +117,12 @@ async def base_context(request: Request) -> dict[str, Any]:
     }
 
 
-async def page(request: Request, name: str, *, status_code: int = 200, **context: Any) -> Template:
+async def page(request: Request, template: str, /, *, status_code: int = 200, **context: Any) -> Template:
     """A full page (or, for an htmx request naming a target, the same template's fragment) with the base context."""
-    return Template(template_name=name, context={**await base_context(request), **context}, status_code=status_code)
+    return Template(template_name=template, context={**await base_context(request), **context},
+                    status_code=status_code)
 
 
-def fragment(name: str, *, status_code: int = 200, **context: Any) -> Template:
+def fragment(template: str, /, *, status_code: int = 200, **context: Any) -> Template:
     """An htmx partial: no layout, only what replaces the target."""
-    return Template(template_name=name, context=context, status_code=status_code)
+    return Template(template_name=template, context=context, status_code=status_code)

@@ -61,7 +61,7 @@ async def search(db: Database, filters: ExportFilters, before_seq: int | None, l
 @dataclass
 class RecordView:
     record: Any
-    details: dict[str, Any]
+    details: str  # pretty JSON, escaped by the template like any other text
     head_seq: int
     prev_link_ok: bool | None  # the previous record's hash equals this record's prev_hash (None: no previous)
     next_seq: int | None
@@ -83,7 +83,8 @@ async def record_view(db: Database, seq: int) -> RecordView | None:
     except ValueError:
         details = {"raw": rec.details}
     details.pop("content_enc", None)  # encrypted content is read with `palisade audit content`, audited
-    return RecordView(rec, details, int(head), None if prev_hash is None else prev_hash == rec.prev_hash, nxt, cp)
+    pretty = json.dumps(details, indent=2, ensure_ascii=False, sort_keys=True)
+    return RecordView(rec, pretty, int(head), None if prev_hash is None else prev_hash == rec.prev_hash, nxt, cp)
 
 
 @dataclass

@@ -77,4 +77,5 @@ def console_error(request: Request, exc: Exception) -> Response:
     return _page(request, 500, "Internal error", "Something went wrong on our side.")
 
 
-CONSOLE_EXCEPTION_HANDLERS = {Exception: console_error}
+#: the same keys as the app's handlers: the most specific class wins across layers, so each must be overridden
+CONSOLE_EXCEPTION_HANDLERS = {kind: console_error for kind in EXCEPTION_HANDLERS}

@@ -9,6 +9,7 @@ token bound to a SameSite=Strict cookie. Every failure shows the same message.
 from __future__ import annotations
 
 from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 
 from gateway.audit.events import Tag
@@ -144,4 +145,10 @@ async def home(request: Request) -> Redirect:
     return Redirect(items[0].href if items else "/console/account", status_code=303)
 
 
-ROUTES = [login_form, login_password, login_code, logout, logout_everywhere, home]
+@get("/{rest:path}", opt={"action": Action.SELF_READ}, include_in_schema=False)
+async def not_found(rest: str) -> None:
+    """Any other address under /console: a page saying so (for a signed-in person; others get 401 first)."""
+    raise NotFoundException(f"no console page {rest[:100]}")
+
+
+ROUTES = [login_form, login_password, login_code, logout, logout_everywhere, home, not_found]
