@@ -17,6 +17,7 @@ from litestar.template.config import TemplateConfig
 
 from gateway.authz.actions import Action
 from gateway.console import account, audit, dashboard, limits, policies, principals, signin
+from gateway.console.access import PROVIDE_UI
 from gateway.console.security import CONSOLE_EXCEPTION_HANDLERS, HEADERS, secure
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +39,7 @@ console_router = Router(
     path="/console",
     route_handlers=[*signin.ROUTES, *account.ROUTES, *dashboard.ROUTES, *principals.ROUTES, *policies.ROUTES,
                     *limits.ROUTES, *audit.ROUTES],
+    dependencies={"ui": PROVIDE_UI},
     after_request=secure,
     exception_handlers=CONSOLE_EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     include_in_schema=False,

@@ -14,13 +14,13 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-from litestar import Request, get
+from litestar import get
 from litestar.response import Template
 from sqlalchemy import select
 
 from gateway.audit.events import Tag
 from gateway.authz.actions import Action
-from gateway.console.access import page, services_of
+from gateway.console.access import UIDep
 from gateway.db.audit import AuditRecord
 from gateway.db.base import utcnow
 from gateway.metrics import BACKEND_HEALTHY, REQUESTS
@@ -131,10 +131,10 @@ def process_metrics() -> dict[str, Any]:
 
 
 @get("/dashboard", opt={"action": Action.AUDIT_READ}, include_in_schema=False)
-async def dashboard(request: Request, window: str = "1h") -> Template:
+async def dashboard(ui: UIDep, window: str = "1h") -> Template:
     window = window if window in WINDOWS else "1h"
-    data = await summarise(services_of(request).db, window)
-    return await page(request, "dashboard.html", data=data, window=window, windows=list(WINDOWS),
+    data = await summarise(ui.services.db, window)
+    return await ui.page("dashboard.html", data=data, window=window, windows=list(WINDOWS),
                       charts_json=[json.dumps(c, separators=(",", ":")) for c in data["charts"]],
                       process=process_metrics())
 

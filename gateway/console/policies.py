@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.response import Template
 
 from gateway.authz.actions import Action
 from gateway.authz.admin import apply_policy, rollback_policy, test_policy
 from gateway.authz.document import PolicyError, parse, unified_diff
-from gateway.console.access import can, fragment, page, principal_of, services_of
+from gateway.console.access import UIDep, fragment
 from gateway.console.stepup import ensure_step_up
 from gateway.errors import ApiError
-from gateway.middleware import request_id_of
 
 READ = {"action": Action.POLICY_READ}
 WRITE = {"action": Action.POLICY_WRITE}
@@ -31,26 +30,26 @@ def _text(form: Any) -> str:
 
 
 @get("/policies", opt=READ, include_in_schema=False)
-async def policies_page(request: Request) -> Template:
-    store = services_of(request).policy_store
+async def policies_page(ui: UIDep) -> Template:
+    store = ui.services.policy_store
     current = await store.current()
     history = await store.history(50)
-    return await page(request, "policies.html", current=current, history=history, actions=[a.value for a in Action
-                      if a is not Action.PUBLIC], may_write=await can(request, Action.POLICY_WRITE))
+    return await ui.page("policies.html", current=current, history=history, actions=[a.value for a in Action
+                      if a is not Action.PUBLIC], may_write=await ui.can(Action.POLICY_WRITE))
 
 
 @get("/policies/{version:int}", opt=READ, include_in_schema=False)
-async def policy_version(request: Request, version: int) -> Template:
-    row = await services_of(request).policy_store.get(version)
-    return await page(request, "policy_version.html", row=row, diff_lines=row.diff.splitlines(),
-                      may_write=await can(request, Action.POLICY_WRITE))
+async def policy_version(ui: UIDep, version: int) -> Template:
+    row = await ui.services.policy_store.get(version)
+    return await ui.page("policy_version.html", row=row, diff_lines=row.diff.splitlines(),
+                      may_write=await ui.can(Action.POLICY_WRITE))
 
 
 @post("/policies/check", opt=READ, include_in_schema=False, status_code=200)
-async def policy_check(request: Request) -> Template:
+async def policy_check(ui: UIDep) -> Template:
     """Validate the editor's text and show its diff against the current version."""
-    text = _text(await request.form())
-    current = await services_of(request).policy_store.current()
+    text = _text(await ui.request.form())
+    current = await ui.services.policy_store.current()
     try:
         rules = parse(text)
     except PolicyError as exc:
@@ -60,12 +59,12 @@ async def policy_check(request: Request) -> Template:
 
 
 @post("/policies/test", opt=READ, include_in_schema=False, status_code=200)
-async def policy_test(request: Request) -> Template:
+async def policy_test(ui: UIDep) -> Template:
     """Explain one hypothetical request against the text in the editor (or the current policy)."""
-    form = await request.form()
+    form = await ui.request.form()
     text = _text(form)
     if not text.strip():
-        current = await services_of(request).policy_store.current()
+        current = await ui.services.policy_store.current()
         text = current.text if current else ""
     principal = {
         "kind": str(form.get("kind") or "user")[:8],
@@ -89,36 +88,36 @@ async def policy_test(request: Request) -> Template:
 
 
 @post("/policies/apply", opt=WRITE, include_in_schema=False, status_code=200)
-async def policy_apply(request: Request) -> Template:
-    form = await request.form()
+async def policy_apply(ui: UIDep) -> Template:
+    form = await ui.request.form()
     reason = str(form.get("reason") or "").strip()[:1000]
     if not reason:
         return fragment("policy_applied.html", error="Say why you are changing the policy.", status_code=400)
-    if not await ensure_step_up(request, form):
+    if not await ensure_step_up(ui, form):
         return fragment("policy_applied.html", error=STEP_UP_NEEDED, status_code=403)
-    s = services_of(request)
+    s = ui.services
     try:
         row = await apply_policy(s.policy_store, s.audit.record, s.change_feed.publish, text=_text(form),
-                                 actor=principal_of(request).id, reason=reason,
-                                 request_id=request_id_of(request.scope))
+                                 actor=ui.principal.id, reason=reason,
+                                 request_id=ui.ctx.request_id)
     except ApiError as exc:
         return fragment("policy_applied.html", error=exc.message, status_code=exc.status_code)
     return fragment("policy_applied.html", error=None, row=row)
 
 
 @post("/policies/{version:int}/rollback", opt=WRITE, include_in_schema=False, status_code=200)
-async def policy_rollback(request: Request, version: int) -> Template:
-    form = await request.form()
+async def policy_rollback(ui: UIDep, version: int) -> Template:
+    form = await ui.request.form()
     reason = str(form.get("reason") or "").strip()[:1000]
     if not reason:
         return fragment("policy_applied.html", error="Say why you are rolling back.", status_code=400)
-    if not await ensure_step_up(request, form):
+    if not await ensure_step_up(ui, form):
         return fragment("policy_applied.html", error=STEP_UP_NEEDED, status_code=403)
-    s = services_of(request)
+    s = ui.services
     try:
         row = await rollback_policy(s.policy_store, s.audit.record, s.change_feed.publish, version=version,
-                                    actor=principal_of(request).id, reason=reason,
-                                    request_id=request_id_of(request.scope))
+                                    actor=ui.principal.id, reason=reason,
+                                    request_id=ui.ctx.request_id)
     except ApiError as exc:
         return fragment("policy_applied.html", error=exc.message, status_code=exc.status_code)
     return fragment("policy_applied.html", error=None, row=row)

@@ -10,14 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 import segno
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.response import Template
 
 from gateway.audit.events import Tag
 from gateway.authn.passwords import WeakPassword
 from gateway.authn.users import PERSON_ROLES
 from gateway.authz.actions import Action
-from gateway.console.access import can, fragment, page, principal_of, record, services_of
+from gateway.console.access import UIDep, fragment
 from gateway.console.paging import by_created
 from gateway.console.stepup import ensure_step_up
 from gateway.db.base import utcnow
@@ -50,19 +50,19 @@ def key_state(row: ApiKey) -> str:
 
 
 @get("/keys", opt={"action": Action.KEY_READ}, include_in_schema=False)
-async def keys_page(request: Request, cursor: str | None = None) -> Template:
-    result = await by_created(services_of(request).db, ApiKey, cursor)
-    return await page(request, "keys.html", page=result, key_state=key_state,
-                      may_write=await can(request, Action.KEY_WRITE))
+async def keys_page(ui: UIDep, cursor: str | None = None) -> Template:
+    result = await by_created(ui.services.db, ApiKey, cursor)
+    return await ui.page("keys.html", page=result, key_state=key_state,
+                      may_write=await ui.can(Action.KEY_WRITE))
 
 
 @post("/keys", opt={"action": Action.KEY_WRITE}, include_in_schema=False, status_code=200)
-async def key_create(request: Request) -> Template:
-    form = await request.form()
+async def key_create(ui: UIDep) -> Template:
+    form = await ui.request.form()
     name = _text(form, "name")
     if not name:
         return _refused("key_created.html", "Give the key a name.")
-    if not await ensure_step_up(request, form):
+    if not await ensure_step_up(ui, form):
         return _refused("key_created.html", STEP_UP_NEEDED, 403)
     days = _text(form, "expires_days", 6)
     if days and not (days.isdigit() and 1 <= int(days) <= 3650):
@@ -70,114 +70,114 @@ async def key_create(request: Request) -> Template:
     expires = utcnow() + timedelta(days=int(days)) if days else None
     models = _aliases(form)
     department = _text(form, "department")
-    actor = principal_of(request).id
-    new = await services_of(request).keys.create(
+    actor = ui.principal.id
+    new = await ui.services.keys.create(
         name, models=models, owner_id=actor, expires_at=expires,
         attributes={"department": department} if department else {},
     )
-    await record(request, Tag.KEY_CREATE, target=f"key:{new.id}", name=name, prefix=new.prefix, models=models)
+    await ui.record(Tag.KEY_CREATE, target=f"key:{new.id}", name=name, prefix=new.prefix, models=models)
     return fragment("key_created.html", key=new.key, prefix=new.prefix, name=name, expires_at=expires)
 
 
 @post("/keys/{key_id:str}/revoke", opt={"action": Action.KEY_WRITE}, include_in_schema=False, status_code=200)
-async def key_revoke(request: Request, key_id: str) -> Template:
+async def key_revoke(ui: UIDep, key_id: str) -> Template:
     key_id = key_id[:64]
-    if not await services_of(request).keys.revoke(key_id):
+    if not await ui.services.keys.revoke(key_id):
         return fragment("row_note.html", note="No active key with that id.", status_code=404)
-    await record(request, Tag.KEY_REVOKE, target=key_id)
+    await ui.record(Tag.KEY_REVOKE, target=key_id)
     return fragment("row_note.html", note="revoked")
 
 
 # --- people --------------------------------------------------------------------------------------------------------
 @get("/people", opt={"action": Action.USER_READ}, include_in_schema=False)
-async def people_page(request: Request, cursor: str | None = None) -> Template:
-    result = await by_created(services_of(request).db, User, cursor)
-    return await page(request, "people.html", page=result, roles=sorted(PERSON_ROLES), clearances=CLEARANCES,
-                      may_write=await can(request, Action.USER_WRITE))
+async def people_page(ui: UIDep, cursor: str | None = None) -> Template:
+    result = await by_created(ui.services.db, User, cursor)
+    return await ui.page("people.html", page=result, roles=sorted(PERSON_ROLES), clearances=CLEARANCES,
+                      may_write=await ui.can(Action.USER_WRITE))
 
 
 @post("/people", opt={"action": Action.USER_WRITE}, include_in_schema=False, status_code=200)
-async def person_create(request: Request) -> Template:
-    form = await request.form()
+async def person_create(ui: UIDep) -> Template:
+    form = await ui.request.form()
     username = _text(form, "username")
     roles = [str(r)[:64] for r in form.getall("roles", [])][:10]
-    if not await ensure_step_up(request, form):
+    if not await ensure_step_up(ui, form):
         return _refused("person_created.html", STEP_UP_NEEDED, 403)
     attrs = {k: _text(form, k) for k in ("department", "clearance") if _text(form, k)}
     try:
-        enrol = await services_of(request).identity.users.create(
+        enrol = await ui.services.identity.users.create(
             username, str(form.get("password") or "")[:1024], roles=roles, attributes=attrs
         )
     except (WeakPassword, ValueError) as exc:
         return _refused("person_created.html", str(exc), 409 if "taken" in str(exc) else 400)
-    await record(request, Tag.USER_CREATE, target=f"user:{enrol.user_id}", roles=roles)
-    await record(request, Tag.MFA_ENROL, target=f"user:{enrol.user_id}", factor="totp")
+    await ui.record(Tag.USER_CREATE, target=f"user:{enrol.user_id}", roles=roles)
+    await ui.record(Tag.MFA_ENROL, target=f"user:{enrol.user_id}", factor="totp")
     qr = segno.make(enrol.otpauth_uri, error="m").svg_data_uri(scale=4)
     return fragment("person_created.html", enrol=enrol, qr=qr)
 
 
-async def _person_change(request: Request, user_id: str, tag: str, change: Any) -> Template:
+async def _person_change(ui: UIDep, user_id: str, tag: str, change: Any) -> Template:
     user_id = user_id[:64]
     if not await change(user_id):
         return fragment("row_note.html", note="No such person.", status_code=404)
-    await record(request, tag, target=f"user:{user_id}")
+    await ui.record(tag, target=f"user:{user_id}")
     return fragment("row_note.html", note={"disable": "disabled", "enable": "enabled"}.get(
         tag.rsplit(":", 1)[1], "unlocked"))
 
 
 @post("/people/{user_id:str}/disable", opt={"action": Action.USER_WRITE}, include_in_schema=False,
       status_code=200)
-async def person_disable(request: Request, user_id: str) -> Template:
-    users = services_of(request).identity.users
-    return await _person_change(request, user_id, Tag.USER_DISABLE, lambda u: users.set_disabled(u, True))
+async def person_disable(ui: UIDep, user_id: str) -> Template:
+    users = ui.services.identity.users
+    return await _person_change(ui, user_id, Tag.USER_DISABLE, lambda u: users.set_disabled(u, True))
 
 
 @post("/people/{user_id:str}/enable", opt={"action": Action.USER_WRITE}, include_in_schema=False,
       status_code=200)
-async def person_enable(request: Request, user_id: str) -> Template:
-    users = services_of(request).identity.users
-    return await _person_change(request, user_id, Tag.USER_ENABLE, lambda u: users.set_disabled(u, False))
+async def person_enable(ui: UIDep, user_id: str) -> Template:
+    users = ui.services.identity.users
+    return await _person_change(ui, user_id, Tag.USER_ENABLE, lambda u: users.set_disabled(u, False))
 
 
 @post("/people/{user_id:str}/unlock", opt={"action": Action.USER_WRITE}, include_in_schema=False,
       status_code=200)
-async def person_unlock(request: Request, user_id: str) -> Template:
-    return await _person_change(request, user_id, Tag.USER_UNLOCK, services_of(request).identity.users.unlock)
+async def person_unlock(ui: UIDep, user_id: str) -> Template:
+    return await _person_change(ui, user_id, Tag.USER_UNLOCK, ui.services.identity.users.unlock)
 
 
 # --- apps (OAuth clients) --------------------------------------------------------------------------------------------
 @get("/apps", opt={"action": Action.CLIENT_READ}, include_in_schema=False)
-async def apps_page(request: Request, cursor: str | None = None) -> Template:
-    result = await by_created(services_of(request).db, OAuthClient, cursor)
-    return await page(request, "apps.html", page=result, may_write=await can(request, Action.CLIENT_WRITE))
+async def apps_page(ui: UIDep, cursor: str | None = None) -> Template:
+    result = await by_created(ui.services.db, OAuthClient, cursor)
+    return await ui.page("apps.html", page=result, may_write=await ui.can(Action.CLIENT_WRITE))
 
 
 @post("/apps", opt={"action": Action.CLIENT_WRITE}, include_in_schema=False, status_code=200)
-async def app_create(request: Request) -> Template:
-    form = await request.form()
+async def app_create(ui: UIDep) -> Template:
+    form = await ui.request.form()
     name = _text(form, "name")
     if not name:
         return _refused("app_created.html", "Give the app a name.")
-    if not await ensure_step_up(request, form):
+    if not await ensure_step_up(ui, form):
         return _refused("app_created.html", STEP_UP_NEEDED, 403)
-    actor = principal_of(request).id
+    actor = ui.principal.id
     attrs = {"owner": actor, **{k: _text(form, k) for k in ("department", "clearance") if _text(form, k)}}
     models = _aliases(form)
     try:
-        new = await services_of(request).identity.clients.create(name, models=models, attributes=attrs, scopes=[])
+        new = await ui.services.identity.clients.create(name, models=models, attributes=attrs, scopes=[])
     except ValueError as exc:
         return _refused("app_created.html", str(exc))
-    await record(request, Tag.CLIENT_CREATE, target=new.client_id, name=name, models=models)
+    await ui.record(Tag.CLIENT_CREATE, target=new.client_id, name=name, models=models)
     return fragment("app_created.html", client_id=new.client_id, client_secret=new.client_secret, name=name)
 
 
 @post("/apps/{client_id:str}/disable", opt={"action": Action.CLIENT_WRITE}, include_in_schema=False,
       status_code=200)
-async def app_disable(request: Request, client_id: str) -> Template:
+async def app_disable(ui: UIDep, client_id: str) -> Template:
     client_id = client_id[:64]
-    if not await services_of(request).identity.clients.disable(client_id):
+    if not await ui.services.identity.clients.disable(client_id):
         return fragment("row_note.html", note="No active app with that id.", status_code=404)
-    await record(request, Tag.CLIENT_DISABLE, target=client_id)
+    await ui.record(Tag.CLIENT_DISABLE, target=client_id)
     return fragment("row_note.html", note="disabled")
 
 

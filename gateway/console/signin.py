@@ -12,21 +12,20 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 
-from gateway.audit.events import Tag
+from gateway.api.deps import ServicesDep
+from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.sessions import LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, session_cookie
 from gateway.authn.users import LoginFailed
 from gateway.authz.actions import Action
 from gateway.console.access import (
     CSRF_COOKIE,
     LOGIN_CSRF_COOKIE,
+    UIDep,
+    anonymous,
     client_ip,
     cookie,
     login_csrf_ok,
     new_login_csrf,
-    principal_of,
-    record,
-    services_of,
-    session_id_of,
 )
 from gateway.console.security import HEADERS
 
@@ -46,10 +45,17 @@ def _form_page(request: Request, step: str, *, error: str | None = None, status_
     )
 
 
-async def _failed(request: Request, reason: str, user_id: str | None, step: str) -> Template:
-    await services_of(request).identity.throttle.fail(client_ip(request))
-    await record(request, Tag.LOGIN_FAILURE, actor=f"user:{user_id}" if user_id else None, decision="deny",
-                 reason=reason)
+async def _record(services: ServicesDep, request: Request, tag: str, user_id: str | None, decision: str,
+                  **details: object) -> None:
+    event = AuditEvent.of(anonymous(request), tag, decision=decision, via="console", **details)
+    event.actor = f"user:{user_id}" if user_id else None
+    await services.audit.record(event)
+
+
+async def _failed(services: ServicesDep, request: Request, reason: str, user_id: str | None,
+                  step: str) -> Template:
+    await services.identity.throttle.fail(client_ip(request))
+    await _record(services, request, Tag.LOGIN_FAILURE, user_id, "deny", reason=reason)
     return _form_page(request, step, error=LoginFailed.MESSAGE, status_code=401)
 
 
@@ -59,31 +65,31 @@ async def login_form(request: Request) -> Template:
 
 
 @post("/login", opt=PUBLIC, include_in_schema=False, status_code=200)
-async def login_password(request: Request) -> Template:
+async def login_password(request: Request, services: ServicesDep) -> Template:
     form = await request.form()
     if not login_csrf_ok(request, form.get("csrf_token")):
         return _form_page(request, "password", error="The form expired; please try again.", status_code=403)
     username = str(form.get("username") or "")[:200]
     password = str(form.get("password") or "")[:MAX_FIELD]
-    ident = services_of(request).identity
+    ident = services.identity
     await ident.throttle.wait(client_ip(request))
     try:
         user = await ident.users.check_password(username, password)
     except LoginFailed as exc:
-        return await _failed(request, str(exc), exc.user_id, "password")
+        return await _failed(services, request, str(exc), exc.user_id, "password")
     pending = await ident.sessions.create(user.id, stage="mfa", client_ip=client_ip(request))
-    await record(request, Tag.LOGIN_PASSWORD, actor=f"user:{user.id}", decision="allow")
+    await _record(services, request, Tag.LOGIN_PASSWORD, user.id, "allow")
     page = _form_page(request, "code", username=username)
     page.cookies.append(session_cookie(LOGIN_COOKIE, pending.token, 300))
     return page
 
 
 @post("/login/code", opt=PUBLIC, include_in_schema=False, status_code=200)
-async def login_code(request: Request) -> Response:
+async def login_code(request: Request, services: ServicesDep) -> Response:
     form = await request.form()
     if not login_csrf_ok(request, form.get("csrf_token")):
         return _form_page(request, "password", error="The form expired; please try again.", status_code=403)
-    ident = services_of(request).identity
+    ident = services.identity
     pending = await ident.sessions.get(request.cookies.get(LOGIN_COOKIE), stage="mfa")
     if pending is None:
         return _form_page(request, "password", error="Your sign-in took too long; start again.", status_code=401)
@@ -93,9 +99,9 @@ async def login_code(request: Request) -> Response:
     else:
         ok, method = await ident.users.use_recovery_code(pending.user_id, code), "recovery"
     if not ok:
-        return await _failed(request, f"wrong or reused {method} code", pending.user_id, "code")
+        return await _failed(services, request, f"wrong or reused {method} code", pending.user_id, "code")
     new = await ident.sessions.promote(pending, method)
-    await record(request, Tag.LOGIN_SUCCESS, actor=f"user:{pending.user_id}", decision="allow", mfa=method)
+    await _record(services, request, Tag.LOGIN_SUCCESS, pending.user_id, "allow", mfa=method)
     ttl = ident.settings.session_absolute_s
     return Redirect(
         "/console/",
@@ -120,28 +126,24 @@ def _signed_out() -> Response:
 
 
 @post("/logout", opt={"action": Action.SELF_WRITE}, include_in_schema=False, status_code=200)
-async def logout(request: Request) -> Response:
-    session_id = session_id_of(request)
-    if session_id:
-        await services_of(request).identity.sessions.end(session_id)
-    await record(request, Tag.LOGOUT)
+async def logout(ui: UIDep) -> Response:
+    if ui.session_id:
+        await ui.services.identity.sessions.end(ui.session_id)
+    await ui.record(Tag.LOGOUT)
     return _signed_out()
 
 
 @post("/logout-everywhere", opt={"action": Action.SELF_WRITE}, include_in_schema=False, status_code=200)
-async def logout_everywhere(request: Request) -> Response:
-    principal = principal_of(request)
-    ended = await services_of(request).identity.sessions.end_all(principal.id.removeprefix("user:"))
-    await record(request, Tag.LOGOUT_ALL, sessions=ended)
+async def logout_everywhere(ui: UIDep) -> Response:
+    ended = await ui.services.identity.sessions.end_all(ui.user_id)
+    await ui.record(Tag.LOGOUT_ALL, sessions=ended)
     return _signed_out()
 
 
 @get("/", opt={"action": Action.SELF_READ}, include_in_schema=False)
-async def home(request: Request) -> Redirect:
+async def home(ui: UIDep) -> Redirect:
     """Land on the first page the person's role may see."""
-    from gateway.console.access import nav_for
-
-    items = await nav_for(request)
+    items = await ui.nav()
     return Redirect(items[0].href if items else "/console/account", status_code=303)
 
 

@@ -7,37 +7,28 @@ good code refreshes the session's MFA time (exactly as ``POST /auth/step-up``) a
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from litestar import Request
-
 from gateway.audit.events import Tag
-from gateway.authn.stepup import has_fresh_mfa
-from gateway.console.access import principal_of, record, services_of, session_id_of
-from gateway.db.base import utcnow
+from gateway.console.access import UI
 
 
-async def ensure_step_up(request: Request, form: Any) -> bool:
+async def ensure_step_up(ui: UI, form: Any) -> bool:
     """True when the person's MFA is fresh, or a code sent with this form made it so."""
-    principal = principal_of(request)
-    if has_fresh_mfa(principal):
+    if ui.mfa_fresh:
         return True
     code = str(form.get("mfa_code") or "").strip()
-    session_id = session_id_of(request)
-    if not code or principal.kind != "user" or not session_id:
+    if not code or ui.principal.kind != "user" or not ui.session_id:
         return False
-    users = services_of(request).identity.users
-    user_id = principal.id.removeprefix("user:")
+    users = ui.services.identity.users
     if len(code) == 6 and code.isdigit():
-        ok, method = await users.verify_totp(user_id, code), "totp"
+        ok, method = await users.verify_totp(ui.user_id, code), "totp"
     else:
-        ok, method = await users.use_recovery_code(user_id, code), "recovery"
+        ok, method = await users.use_recovery_code(ui.user_id, code[:64]), "recovery"
     if not ok:
-        await record(request, Tag.LOGIN_FAILURE, decision="deny", reason=f"step-up {method}")
+        await ui.record(Tag.LOGIN_FAILURE, decision="deny", reason=f"step-up {method}")
         return False
-    await services_of(request).identity.sessions.mark_mfa(session_id, method)
-    await record(request, Tag.STEP_UP, decision="allow", mfa=method)
-    # the rest of this request (templates, later checks) sees the fresh MFA time
-    request.scope["user"] = replace(principal, mfa_at=utcnow())
+    await ui.services.identity.sessions.mark_mfa(ui.session_id, method)
+    await ui.record(Tag.STEP_UP, decision="allow", mfa=method)
+    ui.mfa_refreshed()
     return True
