@@ -37,15 +37,11 @@ _FILE = re.compile(r"^audit-[0-9TZ-]+\.(jsonl|csv)(\.manifest\.json)?$")
 OWNER_FILE = ".owner"
 
 
-def _cursor(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() and len(value) < 20 else None
-
-
 @get("/audit", opt=READ, include_in_schema=False)
 async def audit_page(ui: UIDep) -> Template:
     params = ui.request.query_params
     filters = filters_from(params)
-    result = await search(ui.services.db, filters, _cursor(params.get("before")))
+    result = await search(ui.services.db, filters, params.get("before"))
     query = {k: str(params.get(k) or "") for k in ("since", "until", "actor", "action", "model", "decision")}
     template = "audit_rows.html" if ui.request.headers.get("hx-request") == "true" and params.get("before") else (
         "audit.html")

@@ -1,6 +1,6 @@
-"""Audit trail reads for the console: filtered search newest-first with a seq cursor, one record's place in the
-chain, and the trail's status. Each query is one index range scan (see alembic 0010 for the composite
-``(column, seq)`` indexes that let a filter and the seq order share one index)."""
+"""Audit trail reads for the console: filtered search newest first with an (at, seq) cursor, one record's place
+in the chain, and the trail's status. Each page is one index range scan (alembic 0010: the composite
+``(column, at, seq)`` indexes let one filter, the time range and the page order share one index)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 
 from gateway.audit.export import ExportFilters
+from gateway.console.paging import decode_cursor, encode_cursor
 from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
 from gateway.db.session import Database
 
@@ -44,18 +45,28 @@ def filters_from(params: Any) -> ExportFilters:
 @dataclass
 class SearchPage:
     rows: list[Any]
-    next_cursor: int | None
+    next_cursor: str | None
 
 
-async def search(db: Database, filters: ExportFilters, before_seq: int | None, limit: int = PAGE) -> SearchPage:
-    q = filters.apply(select(*SUMMARY)).order_by(_R.seq.desc()).limit(limit + 1)
-    if before_seq is not None:
-        q = q.where(_R.seq < before_seq)
+def search_query(filters: ExportFilters, cursor: str | None, limit: int = PAGE) -> Any:
+    """Newest first on (at, seq): with an equality filter on one column and the time range, the (column, at,
+    seq) index yields the page in order, so no page reads more than ``limit + 1`` index entries."""
+    q = filters.apply(select(*SUMMARY)).order_by(_R.at.desc(), _R.seq.desc()).limit(limit + 1)
+    after = decode_cursor(cursor)
+    if after and len(after) == 2 and isinstance(after[1], int):
+        at = parse_time(str(after[0]))
+        if at is not None:
+            # a row-value comparison, so the index sees one range condition (an OR of two would not be)
+            q = q.where(tuple_(_R.at, _R.seq) < tuple_(at, after[1]))
+    return q
+
+
+async def search(db: Database, filters: ExportFilters, cursor: str | None, limit: int = PAGE) -> SearchPage:
     async with db.session() as s:
-        rows = list((await s.execute(q)).all())
+        rows = list((await s.execute(search_query(filters, cursor, limit))).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return SearchPage(rows, rows[-1].seq if more and rows else None)
+    return SearchPage(rows, encode_cursor([rows[-1].at, rows[-1].seq]) if more and rows else None)
 
 
 @dataclass

@@ -233,6 +233,18 @@ def test_edit_policy_explain_and_apply_with_step_up(server, admin, people) -> No
     assert "approver-limits" in admin.locator("pre.diff").inner_text()
 
 
+def test_audit_search_pages_with_a_cursor(server, admin) -> None:
+    gw, _ = server
+    for _ in range(60):  # refused credentials: one audit record each
+        httpx.get(gw.url + "/v1/models", headers={"Authorization": "Bearer not-a-key"}, timeout=10)
+    admin.goto("/console/audit")
+    assert admin.locator("#audit-rows tr").count() == 51  # 50 records and the "older" row
+    admin.click("#audit-rows tr.more a")
+    admin.wait_for_function("() => document.querySelectorAll('#audit-rows tr').length > 51")
+    seqs = [int(s) for s in admin.locator("#audit-rows td:first-child a").all_inner_texts()]
+    assert len(seqs) > 50 and len(seqs) == len(set(seqs)) and seqs == sorted(seqs, reverse=True)
+
+
 def test_export_audit_trail_and_verify_it_offline(server, admin, people, tmp_path) -> None:
     _, env = server
     admin.goto("/console/audit?action=admin:*")
