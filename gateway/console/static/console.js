@@ -48,6 +48,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () { scan(document); });
+  // a create form empties itself once the server accepted it (the secret it returned stays on screen)
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var form = evt.detail.elt;
+    if (evt.detail.successful && form.tagName === "FORM" && form.hasAttribute("data-reset")) form.reset();
+  });
   document.addEventListener("htmx:afterSwap", function (evt) {
     scan(evt.detail.target);
     var first = evt.detail.target.querySelector && evt.detail.target.querySelector("[role=status],[role=alert]");
