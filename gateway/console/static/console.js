@@ -20,7 +20,8 @@
     }
   }
 
-  // Live series over Server-Sent Events: <div class="chart live" data-events="/url" data-series="loss">
+  // Live series over Server-Sent Events (e.g. a run's GET /admin/runs/{id}/events):
+  // <div class="chart" data-events="/url" data-series="loss"> plots point.step against point[series]
   function live(el) {
     if (el.dataset.live || !window.EventSource) return;
     el.dataset.live = "1";
@@ -29,6 +30,7 @@
     source.onmessage = function (msg) {
       var point;
       try { point = JSON.parse(msg.data); } catch (e) { return; }
+      if (point.type === "status") { source.close(); return; }  // the run ended: nothing more will come
       if (typeof point.step !== "number" || typeof point[el.dataset.series] !== "number") return;
       xs.push(point.step); ys.push(point[el.dataset.series]);
       if (!chart) {
@@ -39,7 +41,6 @@
         chart.setData([xs, ys]);
       }
     };
-    source.addEventListener("end", function () { source.close(); });
   }
 
   function scan(root) {
@@ -52,6 +53,26 @@
   document.addEventListener("htmx:afterRequest", function (evt) {
     var form = evt.detail.elt;
     if (evt.detail.successful && form.tagName === "FORM" && form.hasAttribute("data-reset")) form.reset();
+    // a form that posts to the JSON API (a dataset upload) goes to the console page of what it created
+    if (form.tagName === "FORM" && form.dataset.go) {
+      var body = {};
+      try { body = JSON.parse(evt.detail.xhr.responseText); } catch (e) { body = {}; }
+      if (evt.detail.successful && typeof body.id === "string" && /^[A-Za-z0-9_-]+$/.test(body.id)) {
+        window.location.assign(form.dataset.go + body.id);
+      } else {
+        var out = form.parentNode.querySelector("[aria-live]");
+        if (out) {
+          var p = document.createElement("p");
+          p.className = "error"; p.setAttribute("role", "alert");
+          p.textContent = (body.error && body.error.message) || "The upload was refused.";
+          out.replaceChildren(p);
+        }
+      }
+    }
+  });
+  document.addEventListener("htmx:xhr:progress", function (evt) {
+    var bar = evt.detail.elt.querySelector && evt.detail.elt.querySelector("progress.upload-progress");
+    if (bar && evt.detail.lengthComputable) bar.value = Math.round(100 * evt.detail.loaded / evt.detail.total);
   });
   document.addEventListener("htmx:afterSwap", function (evt) {
     scan(evt.detail.target);
