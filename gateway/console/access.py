@@ -73,6 +73,8 @@ NAV = (
     NavItem("/console/keys", "API keys", Action.KEY_READ),
     NavItem("/console/policies", "Policies", Action.POLICY_READ),
     NavItem("/console/limits", "Limits", Action.LIMIT_READ),
+    NavItem("/console/datasets", "Datasets", Action.DATASET_READ),
+    NavItem("/console/models", "Models", Action.MODEL_READ),
     NavItem("/console/audit", "Audit", Action.AUDIT_READ),
     NavItem("/console/account", "My account", Action.SELF_READ),
 )

@@ -71,7 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
 @pytest.fixture(scope="module")
 def people(server: tuple[GatewayProcess, dict[str, str]]) -> dict[str, Person]:
     _, env = server
-    return {"admin": Person(env, "alice", "admin"), "viewer": Person(env, "victor", "viewer")}
+    return {"admin": Person(env, "alice", "admin"), "viewer": Person(env, "victor", "viewer"),
+            "engineer": Person(env, "erin", "ml_engineer")}
 
 
 @pytest.fixture(scope="module")
@@ -276,13 +277,58 @@ def test_export_audit_trail_and_verify_it_offline(server, admin, people, tmp_pat
     assert admin.locator("#verify-result [role=status]").inner_text().startswith("OK")
 
 
+def test_promote_a_model_with_step_up(server, admin, people, tiny_model_dir) -> None:
+    _, env = server
+    dest = Path(env["PALISADE_DATA_DIR"]) / "imports" / "tiny"
+    shutil.copytree(tiny_model_dir, dest)
+    version = cli(env, "models", "import", "--name", "tiny", "--path", str(dest)).stdout.strip().splitlines()[-1]
+    admin.goto("/console/models")
+    admin.click("a:text-is('tiny')")
+    assert version in admin.locator("main").inner_text()
+    admin.select_option("#pr-version", version)
+    step_up_if_asked(admin, "#mfa-promote", people["admin"])
+    admin.click("form[hx-post='/console/models/promote'] button[type=submit]")
+    admin.wait_for_selector("#promote-result [role=status], #promote-result [role=alert]")
+    assert f"now serves {version}" in admin.locator("#promote-result").inner_text()
+    shot(admin, "model-promoted")
+    admin.reload()
+    history = admin.locator("table").last.inner_text()
+    assert "promote" in history and "user:" in history
+
+
+def test_dataset_upload_goes_to_its_live_page(browser, server, people, tmp_path) -> None:
+    """The file streams to the API (encrypted as it arrives); the page then polls the pipeline's progress."""
+    gw, _ = server
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
+                                                     {"role": "assistant", "content": f"answer {i}."}]}) + "\n"
+                            for i in range(40)))
+    ctx, eng = sign_in(browser, gw, people["engineer"])
+    assert eng.url.endswith("/console/datasets")  # an engineer lands on the first page the role may see
+    eng.set_input_files("#d-file", str(data))
+    eng.fill("#d-name", "support-chats")
+    eng.fill("#d-purpose", "fine-tune the support assistant")
+    eng.click("form[hx-post='/admin/datasets'] button[type=submit]")
+    eng.wait_for_url(re.compile(r"/console/datasets/[0-9a-f]+$"))
+    status = eng.locator("#progress strong").inner_text()
+    assert status in ("processing", "ready", "failed")
+    if status == "processing":  # the fragment asks again every 2 s while the pipeline runs
+        assert eng.locator("#progress").get_attribute("hx-trigger") == "every 2s"
+        with eng.expect_response(re.compile(r"/progress$")):
+            pass
+    assert "support-chats" in eng.locator("h1").inner_text()
+    shot(eng, "dataset-page")
+    ctx.close()
+
+
 def test_a_viewer_cannot_reach_admin_pages(browser, server, people) -> None:
     gw, _ = server
     ctx, page = sign_in(browser, gw, people["viewer"])
     assert page.url.endswith("/console/account")
     assert [a.inner_text() for a in page.locator("nav[aria-label=Main] a").all()] == ["My account"]
     for path in ("/console/dashboard", "/console/keys", "/console/people", "/console/apps", "/console/policies",
-                 "/console/limits", "/console/audit", "/console/audit/public-key"):
+                 "/console/limits", "/console/audit", "/console/audit/public-key", "/console/models",
+                 "/console/datasets"):
         response = page.goto(path)
         assert response.status == 403, path
         assert "Not allowed" in page.locator("h1").inner_text()
@@ -327,7 +373,8 @@ def test_no_serious_accessibility_violation_on_any_page(browser, server, admin) 
     page = ctx.new_page()
     pages = ["/console/login", "/console/dashboard", "/console/people", "/console/apps", "/console/keys",
              "/console/policies", "/console/policies/1", "/console/limits", "/console/audit",
-             "/console/audit/status", "/console/audit/records/1", "/console/account", "/console/nowhere"]
+             "/console/audit/status", "/console/audit/records/1", "/console/account", "/console/models",
+             "/console/models/tiny", "/console/datasets", "/console/nowhere"]
     problems = {}
     for path in pages:
         page.goto(path)
