@@ -32,6 +32,7 @@ from gateway.api.tgi_api import TGIController
 from gateway.authz.actions import Action
 from gateway.batches.routes import ROUTES as BATCH_ROUTES
 from gateway.batches.wiring import BatchDomain
+from gateway.console import CONSOLE_ROUTERS, template_config
 from gateway.context import RequestContext
 from gateway.exceptions import EXCEPTION_HANDLERS
 from gateway.logging import configure_logging
@@ -125,7 +126,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *DATASET_ROUTES,
             *RUN_ROUTES,
             *BATCH_ROUTES,
+            *CONSOLE_ROUTERS,
         ],
+        template_config=template_config(),
         guards=[make_authorize(handle)],
         dependencies={
             "services": Provide(handle, sync_to_thread=False, use_cache=True),

@@ -84,5 +84,9 @@ PUBLIC_PATHS = frozenset(
         "/auth/login/recovery",
         "/auth/login/webauthn/options",
         "/auth/login/webauthn",
+        # the console's sign-in forms and its vendored static assets (DESIGN.md "Console")
+        "/console/login",
+        "/console/login/code",
+        "/console/static/{file_path:path}",
     }
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, utcnow
@@ -16,17 +16,23 @@ from gateway.db.base import Base, utcnow
 
 class AuditRecord(Base):
     __tablename__ = "audit_records"
+    #: search and export filter by one column and a time range, newest first: each (column, at, seq) index turns
+    #: a page of any filter into one range scan (migration 0009); their leading columns serve plain lookups too
+    __table_args__ = (
+        Index("ix_audit_records_at_seq", "at", "seq"),
+        *(Index(f"ix_audit_records_{c}_at_seq", c, "at", "seq") for c in ("actor", "tag", "model", "decision")),
+    )
 
     #: position in the chain, 1, 2, ... (assigned under the head lock, never reused)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    at: Mapped[datetime] = mapped_column(index=True)
+    at: Mapped[datetime] = mapped_column()
     #: ``source:subject:action``
-    tag: Mapped[str] = mapped_column(String(128), index=True)
-    actor: Mapped[str | None] = mapped_column(String(200), index=True)
+    tag: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str | None] = mapped_column(String(200))
     target: Mapped[str | None] = mapped_column(String(200))
     #: the model alias an inference event is about (export filter)
-    model: Mapped[str | None] = mapped_column(String(128), index=True)
-    decision: Mapped[str | None] = mapped_column(String(128), index=True)
+    model: Mapped[str | None] = mapped_column(String(128))
+    decision: Mapped[str | None] = mapped_column(String(128))
     request_id: Mapped[str | None] = mapped_column(String(128), index=True)  # feedback finds its request
     #: canonical JSON text, hashed exactly as stored
     details: Mapped[str] = mapped_column(Text)
