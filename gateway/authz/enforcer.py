@@ -4,8 +4,10 @@ Order of checks, each one able only to refuse:
 1. the authentication-method table (API keys and app tokens never reach admin or audit actions, whatever the
    policy says);
 2. the credential's own model scope (a key minted for one model stays on that model);
-3. the policy (pycasbin, deny overrides allow), memoised by the attribute tuple and forgotten whenever the
-   policy version changes.
+3. the policy (deny overrides allow), memoised by the attribute tuple and forgotten whenever the policy
+   version changes. A cache miss is answered by the rule index (gateway/authz/index.py: compiled rows,
+   bucketed by action and first test, the same answers as pycasbin); pycasbin itself decides only what the
+   index was not built for, and stays the reference for `policy test` explanations.
 
 An empty policy, a policy that failed to load, or an evaluation error all deny; a policy that could not be
 refreshed for too long makes decisions fail closed with 503.
@@ -36,6 +38,7 @@ from gateway.authz.attributes import (
 )
 from gateway.authz.decision import Decision
 from gateway.authz.document import PolicyError, Rule, parse
+from gateway.authz.index import PolicyIndex
 from gateway.errors import ServiceUnavailable
 
 MODEL_PATH = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
@@ -95,6 +98,7 @@ class CasbinAuthorizer:
         self.mfa_fresh_s = mfa_fresh_s
         self.checked_at = time.monotonic()  # last successful version check (sync loop)
         self._enforcer: casbin.Enforcer | None = None
+        self._index: PolicyIndex | None = None
         self._cache: dict[tuple, tuple[bool, str]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -103,11 +107,14 @@ class CasbinAuthorizer:
         try:
             rules = parse(text)
             enforcer = build_enforcer(rules)
+            index = PolicyIndex.build(enforcer, rules)
         except (PolicyError, Exception) as exc:  # a broken policy must deny, never crash the gateway
             _log.error("policy version %s could not be loaded: %s", version, exc)
-            self._enforcer, self.rules, self.broken = None, [], f"policy v{version} is broken"
+            self._enforcer, self._index, self.rules = None, None, []
+            self.broken = f"policy v{version} is broken"
         else:
-            self._enforcer, self.rules, self.broken = enforcer, rules, None if rules else "empty policy"
+            self._enforcer, self._index, self.rules = enforcer, index, rules
+            self.broken = None if rules else "empty policy"
         self.version = version
         self._cache = {}
         self.checked_at = time.monotonic()
@@ -156,17 +163,26 @@ class CasbinAuthorizer:
     def _evaluate(self, sub: Subject, obj: Resource, action: str, env: Environment) -> tuple[bool, str]:
         if self._enforcer is None or self.broken:
             return False, self.broken or "no policy"
-        try:
-            allowed, explain = self._enforcer.enforce_ex(sub, obj, action, env)
-        except Exception as exc:  # an evaluation error denies (and is logged without the request's data)
-            _log.error("policy evaluation failed: %s", type(exc).__name__)
-            return False, "evaluation-error"
-        if not allowed:
-            return False, f"deny:{explain[5]}" if explain else "no-allow-rule"
-        first = next(
-            iter(matching_rules(self._enforcer, self.rules, sub, obj, action, env, stop_at_allow=True)), None
-        )
-        return True, f"allow:{first.name}" if first else "allow"
+        if self._index is not None:
+            decided = self._index.decide(sub, obj, action, env)
+            if decided is not None:
+                return decided
+        return pycasbin_decision(self._enforcer, self.rules, sub, obj, action, env)
+
+
+def pycasbin_decision(
+    enforcer: casbin.Enforcer, rules: list[Rule], sub: Any, obj: Any, action: Any, env: Any
+) -> tuple[bool, str]:
+    """(allowed, rule) by a full pycasbin enforce: the reference the rule index must agree with."""
+    try:
+        allowed, explain = enforcer.enforce_ex(sub, obj, action, env)
+    except Exception as exc:  # an evaluation error denies (and is logged without the request's data)
+        _log.error("policy evaluation failed: %s", type(exc).__name__)
+        return False, "evaluation-error"
+    if not allowed:
+        return False, f"deny:{explain[5]}" if explain else "no-allow-rule"
+    first = next(iter(matching_rules(enforcer, rules, sub, obj, action, env, stop_at_allow=True)), None)
+    return True, f"allow:{first.name}" if first else "allow"
 
 
 def matching_rules(
