@@ -97,9 +97,12 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     keyring = await open_keyring(settings, db)
     redis: Redis | None = None
     if settings.redis_url:
+        import redis as redis_py
         import redis.asyncio as aioredis
 
-        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        # lib_version given: redis-py otherwise reads its package metadata for every new pooled connection
+        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2,
+                                  lib_version=redis_py.__version__)
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
     audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
 

@@ -60,7 +60,7 @@ AUTH_METHOD_GRANTS: dict[str, tuple[str, ...]] = {
 
 def method_may_grant(principal: Principal, action: str) -> bool:
     grants = APP_GRANTS if principal.kind == "app" else AUTH_METHOD_GRANTS.get(principal.auth_method, ())
-    return any(action.startswith(g) for g in grants)
+    return action.startswith(grants)
 
 
 class _Enforcer(casbin.Enforcer):
