@@ -135,37 +135,28 @@ class PolicyIndex:
         functions = model.fm.get_functions()
         names = get_eval_value(matcher)
         index = cls()
-        by_text: dict[str, tuple[Any, ast.expr, RowFn | None]] = {}  # the same rule texts parse once
+        by_text: dict[str, _Parsed] = {}  # the same rule texts parse once
         templates: dict[str, Callable[..., RowFn]] = {}  # rows differing only in literals compile once
         for i, rule in enumerate(rules):
             p_params = dict(zip(p_tokens, rule.row(), strict=True))
             text = replace_eval(matcher, [escape_assertion(p_params[n]) for n in names])
-            known = by_text.get(text)
-            if known is None:
-                evaluator = casbin.Enforcer._get_expression(text, functions)  # pycasbin's own rewrite and parse
-                tree = evaluator.ast_parsed_value
-                fn = None
-                if _starts_with_action_test(tree, functions):
-                    try:
-                        fn = _compile(_conjuncts(tree)[1:], functions, templates)
-                    except Unsupported:
-                        pass  # pycasbin's evaluator stays for this row; keyMatch is re-tested there, harmlessly
-                known = by_text[text] = (evaluator, tree, fn)
-            evaluator, tree, fn = known
-            index.rows.append(_Row(fn or _fallback(evaluator, p_params), p_params["p_eft"] == "deny", rule.name))
-            if not _starts_with_action_test(tree, functions):
+            parsed = by_text.get(text)
+            if parsed is None:
+                parsed = by_text[text] = _parse(text, functions, templates)
+            fn = parsed.fn or _fallback(parsed.evaluator, p_params)
+            index.rows.append(_Row(fn, p_params["p_eft"] == "deny", rule.name))
+            if not parsed.action_first:
                 index.everywhere.append(i)
                 continue
-            index.compiled += fn is not None
-            index._file(i, p_params["p_act"], _conjuncts(tree)[1:])
+            index.compiled += parsed.fn is not None
+            index._file(i, p_params["p_act"], parsed.key)
         index.prefix_lengths = sorted({len(p) for p in index.prefix})
         return index
 
-    def _file(self, i: int, pattern: str, rest: list[ast.expr]) -> None:
+    def _file(self, i: int, pattern: str, key: tuple[str, str, str, Any] | None) -> None:
         star = pattern.find("*")
         buckets = self.exact if star == -1 else self.prefix
         bucket = buckets.setdefault(pattern if star == -1 else pattern[:star], _Bucket())
-        key = _first_test(rest)
         if key is None:
             bucket.rows.append(i)
         else:
@@ -222,6 +213,30 @@ class PolicyIndex:
 
 
 # ---------------------------------------------------------------------- row shapes
+@dataclass(slots=True)
+class _Parsed:
+    """What one matcher text becomes: pycasbin's evaluator, and (if it has the keyMatch-first shape) the
+    compiled tests after keyMatch and the index key of the first one."""
+
+    evaluator: Any
+    action_first: bool
+    fn: RowFn | None
+    key: tuple[str, str, str, Any] | None
+
+
+def _parse(text: str, functions: dict[str, Any], templates: dict[str, Callable[..., RowFn]]) -> _Parsed:
+    evaluator = casbin.Enforcer._get_expression(text, functions)  # pycasbin's own rewrite and parse
+    parts = _conjuncts(evaluator.ast_parsed_value)
+    if not _starts_with_action_test(parts, functions):
+        return _Parsed(evaluator, False, None, None)
+    rest = parts[1:]
+    try:
+        fn: RowFn | None = _compile(rest, functions, templates)
+    except Unsupported:
+        fn = None  # pycasbin's evaluator stays for this row; keyMatch is re-tested there, harmlessly
+    return _Parsed(evaluator, True, fn, _first_test(rest))
+
+
 def _fallback(evaluator: Any, p_params: dict[str, str]) -> RowFn:
     def evaluate(sub: Any, obj: Any, act: Any, env: Any) -> Any:
         return evaluator.eval({"r_sub": sub, "r_obj": obj, "r_act": act, "r_env": env, **p_params})
@@ -236,9 +251,8 @@ def _conjuncts(node: ast.expr) -> list[ast.expr]:
     return [node]
 
 
-def _starts_with_action_test(tree: ast.expr, functions: dict[str, Any]) -> bool:
+def _starts_with_action_test(parts: list[ast.expr], functions: dict[str, Any]) -> bool:
     """Whether the matcher starts with ``keyMatch(r_act, p_act)`` (pycasbin's key_match) and more tests follow."""
-    parts = _conjuncts(tree)
     first = parts[0]
     return (
         len(parts) >= 2
@@ -335,7 +349,7 @@ def _translate(node: ast.AST, functions: dict[str, Any], literals: list[Any], sh
             raise Unsupported("literal too long")
         literals.append(node.value)
         return ast.Name(f"k{len(literals) - 1}", ast.Load())
-    if isinstance(node, ast.Tuple | ast.List | ast.Set) and not any(isinstance(e, ast.Starred) for e in node.elts):
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and not any(isinstance(e, ast.Starred) for e in node.elts):
         shape.append(str(len(node.elts)))
         return type(node)(elts=each(node.elts), **({} if isinstance(node, ast.Set) else {"ctx": ast.Load()}))
     if isinstance(node, ast.Attribute):
