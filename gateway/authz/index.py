@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import ast
 import logging
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 import casbin
 import simpleeval
@@ -53,6 +54,16 @@ TUPLE_FIELDS = frozenset({("r_sub", "roles")})
 DENY_OVERRIDES = "some(where (p_eft == allow)) && !some(where (p_eft == deny))"
 _COMPARE_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn)
 _LITERAL_TYPES = (str, int, float, bool, type(None))
+#: the int and bool fields of the request tuples (a number compared with one of them never raises)
+_NUMERIC_FIELDS = frozenset(
+    (part, name)
+    for part, cls in REQUEST_TYPES.items()
+    for name, kind in get_type_hints(cls).items()
+    if kind in (int, bool)
+)
+_RANGE_AST = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+_RANGE_OPS = frozenset(_RANGE_AST.values())
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
 #: value types whose ``==`` agrees with their hash, so a dict lookup answers ``value == literal`` exactly
 _HASH_EXACT = frozenset({str, int, float, bool, type(None), tuple})
 
@@ -81,9 +92,23 @@ class _Bucket:
     rows: list[int] = field(default_factory=list)
     equal: dict[tuple[str, str], dict[Any, list[int]]] = field(default_factory=dict)
     member: dict[tuple[str, str], dict[Any, list[int]]] = field(default_factory=dict)
+    #: ``r.<part>.<int field> <op> <number>`` first tests: (part, field, op) -> (numbers sorted, their rows)
+    ranges: dict[tuple[str, str, str], tuple[list[Any], list[int]]] = field(default_factory=dict)
 
     def candidates(self, params: dict[str, Any], out: list[int]) -> None:
         out.extend(self.rows)
+        for (part, name, op), (limits, rows) in self.ranges.items():
+            value = getattr(params[part], name)
+            if type(value) not in (int, bool):  # against a number: never raises; anything else: pycasbin decides
+                raise _OutOfShape
+            if op == ">":  # value > limit: the limits below value
+                out.extend(rows[: bisect_left(limits, value)])
+            elif op == ">=":
+                out.extend(rows[: bisect_right(limits, value)])
+            elif op == "<":  # value < limit: the limits above value
+                out.extend(rows[bisect_right(limits, value) :])
+            else:  # "<="
+                out.extend(rows[bisect_left(limits, value) :])
         for (part, name), table in self.equal.items():
             value = params[part] if name == "" else getattr(params[part], name)
             if type(value) not in _HASH_EXACT:
@@ -159,6 +184,12 @@ class PolicyIndex:
         bucket = buckets.setdefault(pattern if star == -1 else pattern[:star], _Bucket())
         if key is None:
             bucket.rows.append(i)
+        elif key[0] in _RANGE_OPS:
+            op, part, name, limit = key
+            limits, rows = bucket.ranges.setdefault((part, name, op), ([], []))
+            at = bisect_right(limits, limit)  # sorted by limit; rows with equal limits stay in policy order
+            limits.insert(at, limit)
+            rows.insert(at, i)
         else:
             kind, part, name, literal = key
             table = (bucket.equal if kind == "eq" else bucket.member).setdefault((part, name), {})
@@ -266,7 +297,9 @@ def _starts_with_action_test(parts: list[ast.expr], functions: dict[str, Any]) -
 
 
 def _first_test(rest: list[ast.expr]) -> tuple[str, str, str, Any] | None:
-    """The index key of the first test that is not a truthy literal: ('eq'|'in', part, field, literal)."""
+    """The index key of the first test that is not a truthy literal: ('eq'|'in', part, field, literal), or
+    (op, part, field, number) for ``r.<part>.<field> op number`` with op one of < <= > >= (read as
+    "field op number", a literal on the left flipped)."""
     for node in rest:
         if isinstance(node, ast.Constant) and isinstance(node.value, _LITERAL_TYPES) and node.value:
             continue  # `True and x` is x: a truthy literal cannot stop the row or raise
@@ -283,6 +316,13 @@ def _first_test(rest: list[ast.expr]) -> tuple[str, str, str, Any] | None:
             where = _request_field(right)
             if where and where in TUPLE_FIELDS:
                 return "in", where[0], where[1], left.value
+        elif type(op) in _RANGE_AST:
+            symbol = _RANGE_AST[type(op)]
+            if isinstance(left, ast.Constant):
+                left, right, symbol = right, left, _FLIPPED[symbol]
+            where = _request_field(left)
+            if where in _NUMERIC_FIELDS and isinstance(right, ast.Constant) and type(right.value) in (int, float, bool):
+                return symbol, where[0], where[1], right.value
         return None
     return None
 

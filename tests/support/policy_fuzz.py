@@ -61,6 +61,7 @@ FAULTY = (
     "ipMatch(r.obj.model, '10.0.0.0/8')",
     "r.sub.department",
     "r.sub.clearance_level",
+    "r.sub.department > 3",
 )
 
 
@@ -98,6 +99,12 @@ def _atom(rng: random.Random) -> str:
             "r.obj.model in {'chat', 'secret'}",
             f"r.obj.model == '{m}'",
             "r.env.hour < 12 < r.env.weekday",
+            f"r.env.hour < {rng.randint(0, 23)}",
+            f"{rng.randint(0, 3)} < r.obj.level",
+            f"{rng.randint(0, 3)} >= r.sub.clearance_level",
+            f"r.sub.clearance_level > {rng.choice((1.5, 0, 2, True))}",
+            f"r.obj.level <= {rng.randint(0, 3)}",
+            "r.sub.mfa > 0",
             "0 <= r.env.hour < 8",
             f"keyMatch(r.obj.model, '{rng.choice(('ch*', 'sec*', '*'))}')",
             "globMatch(r.obj.model, 's*')",
