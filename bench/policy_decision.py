@@ -5,8 +5,11 @@ Shapes of the extra rows (``--shape``):
   distinct  each synthetic row has its own action (``teamN:resourceN:read``): the index skips them by action;
   keyed     every synthetic row is ``inference:model:*`` with ``r.sub.department == 'deptN'`` first: the index
             skips them by the literal their first test needs;
-  unkeyed   every synthetic row is ``inference:model:*`` with ``r.sub.clearance_level > N`` (no literal to
-            file it under): the index must evaluate all of them; the worst case, reported as it is.
+  ranged    every synthetic row is ``inference:model:*`` with ``r.sub.clearance_level > N`` first: the index
+            finds the rows whose threshold the subject passes by bisection (here: none of them, every
+            threshold is above every clearance level);
+  unkeyed   every synthetic row is ``inference:model:*`` starting with ``r.obj.owner == r.sub.id`` (nothing
+            literal to file it under): the index must evaluate all of them; the worst case, reported as it is.
 
 Misses are timed with a fresh attribute tuple each (a new subject id), over the default policy's people and apps
 and the synthetic rows' own actions. ``--equivalence N`` also compares the index with pycasbin on N random
@@ -35,8 +38,13 @@ from gateway.authz.index import PolicyIndex
 def synthetic_row(i: int, shape: str) -> str:
     if shape == "keyed":
         return f"p, inference:model:*, \"r.sub.department == 'dept{i}'\", True, True, allow, synthetic-{i}"
-    if shape == "unkeyed":
+    if shape == "ranged":
         return f'p, inference:model:*, "r.sub.clearance_level > {i + 3}", True, True, allow, synthetic-{i}'
+    if shape == "unkeyed":
+        return (
+            f"p, inference:model:*, \"r.obj.owner == r.sub.id and r.sub.department == 'dept{i}'\", True, True, "
+            f"allow, synthetic-{i}"
+        )
     return (
         f"p, team{i % 500}:resource{i}:read, \"r.sub.department == 'dept{i}'\", "
         f"\"r.obj.owner == 'team{i % 97}'\", True, allow, synthetic-{i}"
@@ -106,7 +114,7 @@ def equivalence(n: int, seed: int = 1) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000)
-    ap.add_argument("--shape", choices=("distinct", "keyed", "unkeyed"), default="distinct")
+    ap.add_argument("--shape", choices=("distinct", "keyed", "ranged", "unkeyed"), default="distinct")
     ap.add_argument("--n", type=int, default=20_000, help="cached decisions to time")
     ap.add_argument("--misses", type=int, default=2_000, help="cache misses through the index to time")
     ap.add_argument("--plain-n", type=int, default=14, help="the same misses through a full pycasbin enforce")
