@@ -1,6 +1,12 @@
 """Gateway overhead: the full path (auth + ABAC + rate limit + audit + routing) versus the fake upstream alone.
 
     python -m bench.gateway_overhead [--mode production|embedded] [--rate 300] [--seconds 10]
+    python -m bench.gateway_overhead --loadgen /tmp/loadbench --rates 20,300 --profile /tmp/prof [--no-saturation]
+
+With ``--loadgen DIR`` (a built copy of shared/loadbench: ``DIR/bin/loadgen`` and ``DIR/bin/mockupstream``) the
+load comes from the Go open-loop generator and the upstream is the Go mock, both pinned to ``--loadgen-cpu``,
+and the gateway process (all its threads) is pinned to ``--gateway-cpu``. ``--profile DIR`` records the gateway
+with py-spy during each through-the-gateway run and prints where its CPU went, by component.
 
 Both are driven by the same open-loop load generator (requests start on a fixed schedule, so a slow server
 cannot slow the offered load down), in the same run. Reports added p50/p95/p99 at the fixed rate, then steps
@@ -88,6 +94,12 @@ def start_upstream(port: int) -> subprocess.Popen:
     raise RuntimeError("fake upstream did not start")
 
 
+def pinned_cpu(pid: int) -> float:
+    from bench.pinned import cpu_seconds
+
+    return cpu_seconds(pid)
+
+
 def production_env(data: Path) -> dict[str, str]:
     import secrets
 
@@ -104,12 +116,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["production", "embedded"], default="production")
     ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--rates", default="", help="comma-separated fixed rates (overrides --rate), e.g. 20,300")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-rate", type=float, default=2000.0)
+    ap.add_argument("--no-saturation", action="store_true", help="skip the step-up to the sustained rate")
+    ap.add_argument("--loadgen", type=Path, default=None, help="built shared/loadbench copy: Go load + Go mock")
+    ap.add_argument("--gateway-cpu", default="1", help="with --loadgen: cores for the gateway (taskset)")
+    ap.add_argument("--loadgen-cpu", default="0", help="with --loadgen: cores for load generator and mock")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy the gateway during each gateway run")
     args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r] or [args.rate]
 
     up_port = free_port()
-    upstream = start_upstream(up_port)
+    if args.loadgen:
+        from bench import pinned
+
+        upstream = pinned.start_mock(args.loadgen, up_port, args.loadgen_cpu)
+    else:
+        upstream = start_upstream(up_port)
     tmp = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
     models = tmp / "models.yaml"
     models.write_text(f"models:\n  - alias: mock-gpt\n    backend: openai\n    url: http://127.0.0.1:{up_port}/v1\n"
@@ -124,38 +148,68 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True, capture_output=True)
     key = create_key(env, "bench", "mock-gpt")
     gw = GatewayProcess(env, tmp / "serve.log").start()
-    results: dict = {"mode": args.mode, "rate": args.rate, "seconds": args.seconds}
-    try:
-        direct = asyncio.run(drive(f"http://127.0.0.1:{up_port}/v1/chat/completions", {}, BODY, args.rate,
-                                   args.seconds))
-        via = asyncio.run(drive(gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"}, BODY,
-                                args.rate, args.seconds))
-        results["direct"], results["gateway"] = direct, via
-        results["added_ms"] = {q: round(via[q] - direct[q], 3) for q in ("p50", "p95", "p99")}
-        print(f"\nGateway overhead at {args.rate:.0f} req/s for {args.seconds:.0f} s ({args.mode} mode)")
-        print(f"{'':10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'ok':>8}{'errors':>8}")
-        for name, r in (("direct", direct), ("gateway", via)):
-            print(f"{name:10}{r['p50']:10.2f}{r['p95']:10.2f}{r['p99']:10.2f}{r['ok']:8d}{r['errors']:8d}")
-        a = results["added_ms"]
-        print(f"{'added':10}{a['p50']:10.2f}{a['p95']:10.2f}{a['p99']:10.2f}   (target p50 <= 1 ms, p99 <= 5 ms)")
+    results: dict = {"mode": args.mode, "rates": rates, "seconds": args.seconds,
+                     "driver": "go loadgen (pinned)" if args.loadgen else "aiohttp (same process as nothing else)"}
+    if args.loadgen:
+        pinned.pin(gw.proc.pid, args.gateway_cpu)  # type: ignore[union-attr]
+        results["pinning"] = {"gateway": args.gateway_cpu, "loadgen+mock": args.loadgen_cpu}
+    auth = f"Bearer {key}"
 
-        # saturation: highest offered rate with p99 <= 50 ms and no errors, through the gateway
-        sustained, steps = 0.0, []
-        rate = 200.0
-        while rate <= args.max_rate:
-            r = asyncio.run(drive(gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"}, BODY,
-                                  rate, 5.0))
-            steps.append({"rate": rate, "p99": round(r["p99"], 2), "achieved": round(r["achieved_rps"], 1),
-                          "errors": r["errors"]})
-            print(f"  offered {rate:6.0f}/s  achieved {r['achieved_rps']:7.1f}/s  p99 {r['p99']:8.2f} ms  "
-                  f"errors {r['errors']}")
-            if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
-                break
-            sustained = rate
-            rate *= 1.5
-        results["saturation_steps"] = steps
-        results["sustained_rps"] = sustained
-        print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")
+    def run(url: str, authorization: str | None, rate: float, seconds: float) -> dict:
+        if args.loadgen:
+            return pinned.loadgen(args.loadgen, url, authorization, rate, int(seconds), args.loadgen_cpu, BODY)
+        headers = {"Authorization": authorization} if authorization else {}
+        return asyncio.run(drive(url, headers, BODY, rate, seconds))
+
+    try:
+        results["runs"] = []
+        for rate in rates:
+            direct = run(f"http://127.0.0.1:{up_port}/v1/chat/completions", None, rate, args.seconds)
+            spy = None
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                raw = args.profile / f"{args.mode}-{rate:.0f}rps.txt"
+                spy = pinned.profile_start(gw.proc.pid, raw, int(args.seconds) + 2)  # type: ignore[union-attr]
+            cpu0 = pinned_cpu(gw.proc.pid)  # type: ignore[union-attr]
+            via = run(gw.url + "/v1/chat/completions", auth, rate, args.seconds)
+            # every request the gateway served since cpu0: the measured ones plus the warm-up before them
+            served = via["achieved_rps"] * args.seconds + (3 * rate if args.loadgen else 20)
+            cpu_ms = (pinned_cpu(gw.proc.pid) - cpu0) * 1000 / served if served else float("nan")  # type: ignore[union-attr]
+            entry = {"rate": rate, "direct": direct, "gateway": via, "gateway_cpu_ms_per_request": round(cpu_ms, 3),
+                     "added_ms": {q: round(via[q] - direct[q], 3) for q in ("p50", "p95", "p99")}}
+            if spy is not None:
+                spy.wait(timeout=60)
+                entry["cpu_by_component_pct"] = pinned.components(raw) if raw.exists() else {}
+            results["runs"].append(entry)
+            print(f"\nGateway overhead at {rate:.0f} req/s for {args.seconds:.0f} s ({args.mode} mode, "
+                  f"{results['driver']})")
+            print(f"{'':10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>8}{'req/s':>9}")
+            for name, r in (("direct", direct), ("gateway", via)):
+                print(f"{name:10}{r['p50']:10.2f}{r['p95']:10.2f}{r['p99']:10.2f}{r['errors']:8d}"
+                      f"{r['achieved_rps']:9.1f}")
+            a = entry["added_ms"]
+            print(f"{'added':10}{a['p50']:10.2f}{a['p95']:10.2f}{a['p99']:10.2f}   (target p50 <= 1 ms, p99 <= 5 ms)")
+            print(f"gateway CPU per request: {cpu_ms:.2f} ms (process CPU / requests served)")
+            if entry.get("cpu_by_component_pct"):
+                print("gateway CPU by component (%):", entry["cpu_by_component_pct"])
+
+        if not args.no_saturation:
+            # saturation: highest offered rate with p99 <= 50 ms and no errors, through the gateway
+            sustained, steps = 0.0, []
+            rate = 200.0
+            while rate <= args.max_rate:
+                r = run(gw.url + "/v1/chat/completions", auth, rate, 5.0)
+                steps.append({"rate": rate, "p99": round(r["p99"], 2), "achieved": round(r["achieved_rps"], 1),
+                              "errors": r["errors"]})
+                print(f"  offered {rate:6.0f}/s  achieved {r['achieved_rps']:7.1f}/s  p99 {r['p99']:8.2f} ms  "
+                      f"errors {r['errors']}")
+                if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
+                    break
+                sustained = rate
+                rate *= 1.5
+            results["saturation_steps"] = steps
+            results["sustained_rps"] = sustained
+            print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")
     finally:
         gw.stop()
         upstream.terminate()

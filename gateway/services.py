@@ -12,6 +12,7 @@ and loading only the aliases they call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -97,9 +98,12 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     keyring = await open_keyring(settings, db)
     redis: Redis | None = None
     if settings.redis_url:
+        import redis as redis_py
         import redis.asyncio as aioredis
 
-        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        # lib_version given: redis-py otherwise reads its package metadata for every new pooled connection
+        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2,
+                                  lib_version=redis_py.__version__)
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
     audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
 
@@ -129,8 +133,8 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
             latest = await policy_store.latest_version()
         if latest != decider.version:
             row = await policy_store.current()
-            if row is not None:
-                decider.load(row.text, row.version)
+            if row is not None:  # parsed and indexed in a thread (seconds at 10,000 rows), installed here at once
+                decider.install(await asyncio.to_thread(decider.prepare, row.text, row.version))
         decider.checked_at = started
 
     change_feed.watch("policy", refresh_policy)

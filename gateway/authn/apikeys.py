@@ -6,6 +6,7 @@ the id part is the lookup key, so verification is one indexed read plus a consta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -36,12 +37,24 @@ class NewKey:
     key: str  # the only time the whole key exists outside the caller's hands
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A usable key's row, as one database read saw it (the caller still compares its own key's hash)."""
+
+    key_hash: str
+    principal: Principal
+    expires_at: datetime | None
+    key_id: str
+    touch_due: bool
+
+
 class ApiKeyService:
     def __init__(self, db: Database, cache: CredentialCache | None = None) -> None:
         self.db = db
         #: verified-key cache; revocations empty it on every replica (None: the CLI, which verifies nothing)
         self.cache = cache
         self._touched: dict[str, float] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future[_Found | None]] = {}
 
     async def create(
         self,
@@ -78,20 +91,43 @@ class ApiKeyService:
                 return principal
             return None
         generation = self.cache.generation if self.cache is not None else 0
+        found = await self._lookup_once(prefix, generation)
+        if found is None or not hmac.compare_digest(found.key_hash, hash_key(key)):
+            return None
+        if found.touch_due:  # last-used at one-minute resolution: no write per request on the hot path
+            await self._touch_if_due(found.key_id)
+        if self.cache is not None:
+            self.cache.put(prefix, found.key_hash, (found.principal, found.expires_at), found.key_id,
+                           generation=generation)
+        return found.principal
+
+    async def _lookup_once(self, prefix: str, generation: int) -> _Found | None:
+        """One database read per key prefix at a time: requests that miss the cache together (a burst when an
+        entry expires under load) share it instead of queueing one read each. Only requests of the same cache
+        generation share a read, so one that starts after a revocation never gets an answer read before it."""
+        flight = (prefix, generation)
+        task = self._inflight.get(flight)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(prefix))
+            self._inflight[flight] = task
+            task.add_done_callback(lambda t: self._landed(flight, t))
+        return await asyncio.shield(task)  # one caller going away does not cancel the others' read
+
+    def _landed(self, flight: tuple[str, int], task: asyncio.Future[_Found | None]) -> None:
+        self._inflight.pop(flight, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have gone (their own error still raises)
+
+    async def _lookup(self, prefix: str) -> _Found | None:
         async with self.db.session() as s:
             row = (await s.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one_or_none()
-            if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
+            if row is None:
                 return None
             now = utcnow()
             if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
                 return None
-            # last-used at one-minute resolution: no write per request on the hot path
-            if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-                await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        principal = key_principal(row)
-        if self.cache is not None:
-            self.cache.put(prefix, row.key_hash, (principal, row.expires_at), row.id, generation=generation)
-        return principal
+            touch_due = row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60
+            return _Found(row.key_hash, key_principal(row), row.expires_at, row.id, touch_due)
 
     async def _touch_if_due(self, key_id: str | None) -> None:
         """last-used at one-minute resolution for cached keys too (one write per key per minute per process)."""

@@ -1,0 +1,130 @@
+"""Pinned load and per-component profiles for bench.gateway_overhead (``--loadgen DIR``, ``--profile DIR``).
+
+The Go tools of shared/loadbench (open-loop generator, mock upstream) run on one core and the gateway on the
+other, so the load generator does not steal the gateway's CPU. py-spy samples the gateway (on-CPU samples only,
+every thread) while it is under load; :func:`components` turns the collapsed stacks into "where the gateway's CPU
+went", each sample charged to the innermost frame that belongs to a known component.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+#: (component, start of a frame's module path) - the first match from the innermost frame outwards wins;
+#: py-spy prints frames as ``function (package/module.py:line)``
+COMPONENTS: list[tuple[str, str]] = [
+    ("audit", "gateway/audit/"),
+    ("limits", "gateway/limits/"),
+    ("authn", "gateway/authn/"),
+    ("authz", "gateway/authz/"),
+    ("authz", "casbin/"),
+    ("upstream client", "gateway/inference/openai_upstream"),
+    ("inference pipeline", "gateway/inference/"),
+    ("routes + schemas", "gateway/api/"),
+    ("request-id/access log", "gateway/middleware"),
+    ("logging", "structlog/"),
+    ("logging", "logging/"),
+    ("metrics", "prometheus_client/"),
+    ("redis client", "redis/"),
+    ("http client", "httpx/"),
+    ("http client", "httpcore/"),
+    ("http client", "h11/"),
+    ("http client", "aiohttp/"),
+    ("postgres", "psycopg"),
+    ("sqlalchemy", "sqlalchemy/"),
+    ("sqlite", "aiosqlite/"),
+    ("msgspec", "msgspec"),
+    ("litestar", "litestar/"),
+    ("server", "uvicorn/"),
+    ("server", "granian/"),
+    ("server", "httptools/"),
+    ("server", "uvloop/"),
+    ("gateway other", "gateway/"),
+    ("asyncio", "asyncio/"),
+    ("import/metadata", "importlib/"),
+    ("import/metadata", "email/"),
+]
+
+
+def pin(pid: int, cpus: str) -> None:
+    """Pin a process and every thread it already has (taskset -a)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
+
+
+def start_mock(loadbench: Path, port: int, cpu: str, delay_ms: float = 0.0) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpu, str(loadbench / "bin" / "mockupstream"), "-addr", f"127.0.0.1:{port}",
+         "-delay-ms", str(delay_ms)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("mock upstream did not start")
+
+
+def loadgen(
+    loadbench: Path, url: str, auth: str | None, rate: float, seconds: int, cpu: str, body: dict, warmup_s: int = 3
+) -> dict:
+    """One open-loop run of the Go generator; its summary plus the full result's extras."""
+    out = Path(f"/tmp/palisade-loadgen-{time.time_ns()}.json")
+    args = ["taskset", "-c", cpu, str(loadbench / "bin" / "loadgen"), "-url", url, "-body", json.dumps(body),
+            "-rate", str(rate), "-duration", f"{seconds}s", "-warmup", f"{warmup_s}s", "-timeout", "10s",
+            "-expect", "usage", "-summary", "-out", str(out)]
+    if auth:
+        args += ["-H", f"Authorization: {auth}"]
+    proc = subprocess.run(args, capture_output=True, text=True, check=True)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    out.unlink(missing_ok=True)
+    return {"p50": summary["p50_ms"], "p95": summary["p95_ms"], "p99": summary["p99_ms"],
+            "errors": summary["errors"], "achieved_rps": summary["achieved_rps"], "ok": None}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all threads), from /proc: CPU per request does not depend on how
+    busy the rest of the machine is, unlike latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_start(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        print("py-spy not installed: no profile (pip install py-spy)")
+        return None
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw",
+                             "-o", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def components(collapsed: Path) -> dict[str, float]:
+    """Share of on-CPU samples per component (innermost matching frame), from py-spy's raw output."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        name = "other"
+        for frame in reversed(frames):
+            hit = next((c for c, n in COMPONENTS if f"({n}" in frame or f"/{n}" in frame), None)
+            if hit:
+                name = hit
+                break
+        counts[name] += int(n)
+    return {k: round(100 * v / total, 1) for k, v in counts.most_common()} if total else {}
