@@ -87,7 +87,7 @@ async def test_api_keys_and_oauth_tokens_get_403_on_every_admin_route_under_an_a
 
 
 async def _version_is(s, version: int) -> bool:
-    return s.authorizer.version == version
+    return s.authz.decider.version == version
 
 
 def _browser(client):

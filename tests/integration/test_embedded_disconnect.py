@@ -67,7 +67,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InProces
 
 
 def backend_of(gw: InProcessGateway):
-    return gw.app.state.services.router._pools["endless"].endpoints[0].backend
+    from tests.integration.test_identity_helpers import services_of
+
+    return services_of(gw.app).router._pools["endless"].endpoints[0].backend
 
 
 def test_client_disconnect_stops_the_embedded_generation(gateway) -> None:
