@@ -44,6 +44,9 @@ class InProcessGateway:
     def __enter__(self) -> InProcessGateway:
         self.thread.start()
         wait_until(lambda: self.server.started, timeout=180, what="the in-process gateway to start")
+        # embedded models load in the background: ready once /readyz says so
+        wait_until(lambda: httpx.get(self.url + "/readyz", timeout=10).status_code == 200, timeout=180,
+                   what="the embedded model to load")
         return self
 
     def __exit__(self, *exc: object) -> None:
