@@ -106,11 +106,20 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
             unready = httpx.get(gw.url + "/readyz", timeout=10)
             assert unready.status_code == 503, unready.text
             assert unready.json()["checks"]["audit"] is False and unready.json()["checks"]["database"] is True
+            generations = upstream.stats.generations
             denied = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
             assert denied.status_code == 503, denied.text
             err = denied.json()["error"]
             assert err["type"] == "service_unavailable" and "audit" in err["message"]
             assert "choices" not in denied.json() and "Echo" not in denied.text
+            # known gap: a whole (non-stream) answer is generated first and withheld when its record fails
+            called_unaudited = upstream.stats.generations - generations
+            generations = upstream.stats.generations
+            # a stream is refused before it starts (its start record cannot be written)
+            streamed = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": True}, headers=auth,
+                                  timeout=30)
+            assert streamed.status_code == 503 and streamed.headers["content-type"].startswith("application/json")
+            assert "data:" not in streamed.text
             # an authentication failure is audited too, so it also fails closed (503, not an unaudited 401)
             bad = httpx.post(
                 gw.url + "/v1/chat/completions",
@@ -119,6 +128,7 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
                 timeout=30,
             )
             assert bad.status_code == 503, bad.text
+            assert upstream.stats.generations == generations, "the upstream was called while the audit was down"
             with psycopg.connect(owner_url, autocommit=True) as c:
                 assert c.execute("SELECT count(*) FROM audit_records").fetchone()[0] == before
                 c.execute(f'GRANT INSERT ON audit_records TO "{role}"')
@@ -131,3 +141,6 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
             tags = [r[0] for r in c.execute("SELECT tag FROM audit_records ORDER BY seq")]
         assert tags.count("inference:request:complete") == 2 and tags[0] == "admin:key:create"
         assert "audit:probe:ready" not in tags  # readiness probes roll back
+        if called_unaudited:
+            pytest.xfail("the upstream was called for a non-stream request while the audit store refused writes "
+                         "(the answer was withheld, but the model ran); needs a pre-call audit health gate")

@@ -18,6 +18,7 @@ from gateway.authz.actions import PUBLIC_PATHS, Action
 from gateway.settings import Settings
 from tests.support.fake_upstreams import serve_fake
 from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.waiting import wait_until
 
 SAMPLE = {"int": "1", "str": "x", "path": "x"}
 
@@ -191,16 +192,16 @@ def test_admin_policy_api_bopla_apply_test_rollback_and_empty_policy(gateway) ->
         json={"text": "# nothing allowed\n", "reason": "lockdown drill"},
     )
     assert empty.status_code == 201 and empty.json()["actor"] == admin_id
-    import time
-
-    time.sleep(1.5)
+    wait_until(lambda: httpx.get(gw.url + "/v1/models", headers=app, timeout=10).status_code == 403, timeout=10,
+               what="the empty policy to load")
     chat = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     assert httpx.post(gw.url + "/v1/chat/completions", headers=app, json=chat, timeout=10).status_code == 403
     assert httpx.get(gw.url + "/v1/models", headers=app, timeout=10).status_code == 403
     assert httpx.get(gw.url + "/admin/policies/", headers=admin, timeout=10).status_code == 403
     # ... and the local operator restores it (audited as "cli")
     cli(env, "policy", "rollback", str(base_version), "--reason", "end of drill")
-    time.sleep(1.5)
+    wait_until(lambda: httpx.get(gw.url + "/v1/models", headers=app, timeout=10).status_code == 200, timeout=10,
+               what="the restored policy to load")
     assert httpx.post(gw.url + "/v1/chat/completions", headers=app, json=chat, timeout=10).status_code == 200
     models = httpx.get(gw.url + "/v1/models", headers=app, timeout=10).json()["data"]
     assert [m["id"] for m in models] == ["mock"]  # the restricted model is not listed for an uncleared app

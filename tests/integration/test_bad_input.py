@@ -47,7 +47,7 @@ CASES = [
      {"model": "tiny", "messages": [{"role": "user", "content": "\u0000\ud7ff\ufeff😀 \u202e"}], "max_tokens": 2},
      200, None),
     ("lone surrogate", CHAT, b'{"model":"tiny","messages":[{"role":"user","content":"\\ud800"}],"max_tokens":2}',
-     None, None),
+     400, "not valid JSON"),
     ("completions prompt list too long", "/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
     ("tgi missing inputs", "/tgi/tiny/generate", {"parameters": {}}, 400, "inputs"),
     ("tgi unsupported top_k", "/tgi/tiny/generate", {"inputs": "x", "parameters": {"top_k": 5}}, 400, "top_k"),
@@ -59,9 +59,6 @@ CASES = [
 def test_bad_input(gw, name, path, body, status, needle):
     _, c = gw
     r = c.post(path, content=body) if isinstance(body, bytes) else c.post(path, json=body)
-    if status is None:  # either served or refused, but never a 5xx
-        assert r.status_code < 500, r.text
-        return
     assert r.status_code == status, r.text
     if status >= 400:
         err = r.json()["error"]

@@ -1,11 +1,21 @@
-"""Limits through real `palisade serve` on Postgres + a private Redis: a token budget under 50 concurrent
-requests, and Redis stopped mid-test (503, fail closed) then back (service recovers)."""
+"""Limits through two real `palisade serve` processes sharing Postgres and a private Redis.
+
+The token budget is checked with every request in flight at once: the fake upstream holds each admitted
+request at its gate, so nothing settles before the last request was decided. A correct limiter then admits
+exactly ``budget // reservation`` requests; a racy one (read, check, write in separate steps) admits nearly all
+of them and fails here. Requests are split across both gateways, so the bound is the shared Redis's, not one
+process's.
+
+The Redis fault drill (stopped under traffic: 503 and the upstream never called; restarted: limits enforced
+again from a clean slate) is in this module too, because it needs the private Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +23,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.fake_upstreams import serve_fake
+from tests.support.fake_upstreams import FakeServer, serve_fake
 from tests.support.server import GatewayProcess, base_env, cli, create_key, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+BUDGET = 1000
+MAX_TOKENS = 40
+N = 50
 
 
 class PrivateRedis:
@@ -29,30 +44,13 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ],
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if (
-                subprocess.run(
-                    ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
-                ).stdout.strip()
-                == b"PONG"
-            ):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                                          capture_output=True).stdout.strip() == b"PONG",
+                   timeout=10, what="redis-server to answer PING")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -71,120 +69,209 @@ def shared_data_dir(pg_url: str) -> Path:
     return path
 
 
+class Deployment:
+    def __init__(self, gateways: list[GatewayProcess], env: dict, redis: PrivateRedis, upstream: FakeServer):
+        self.gateways, self.env, self.redis, self.upstream = gateways, env, redis, upstream
+
+
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, pg_url: str
-) -> Iterator[tuple[GatewayProcess, dict, PrivateRedis]]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Deployment]:
     redis = PrivateRedis().start()
     tmp = tmp_path_factory.mktemp("limits")
-    with serve_fake("slow", "openai", token_delay=0.01) as upstream:
+    with serve_fake("ok", "openai") as upstream:
         models = tmp / "models.yaml"
         models.write_text(
             f"models:\n  - alias: mock\n    backend: openai\n    url: {upstream.url}\n"
-            f"    upstream_model: fake-model\n    max_concurrency: 64\n"
+            f"    upstream_model: fake-model\n    max_concurrency: 256\n"
         )
         env = base_env(
             shared_data_dir(pg_url),
             PALISADE_DATABASE_URL=pg_url,
             PALISADE_REDIS_URL=redis.url,
             PALISADE_MODELS_FILE=str(models),
+            PALISADE_POLICY_CHECK_INTERVAL_S="0.2",
         )
         cli(env, "migrate")
-        gw = GatewayProcess(env, tmp / "gw.log").start()
+        gateways = [GatewayProcess(env, tmp / f"gw{i}.log") for i in range(2)]
         try:
-            yield gw, env, redis
+            for gw in gateways:
+                gw.start()
+            yield Deployment(gateways, env, redis, upstream)
         finally:
-            gw.stop()
+            upstream.release()
+            for gw in gateways:
+                gw.stop()
             redis.stop()
 
 
 def principal_id(env: dict, key: str) -> str:
-    return principal_ids(env, key)[0]
-
-
-def principal_ids(env: dict, *keys: str) -> list[str]:
-    """The principal ids of API keys, from one `palisade keys list`."""
     rows = [json.loads(line) for line in cli(env, "keys", "list").stdout.splitlines() if line.startswith("{")]
     by_prefix = {r["prefix"]: r["id"] for r in rows}
-    return ["key:" + by_prefix["_".join(k.split("_")[:2])] for k in keys]
+    return "key:" + by_prefix["_".join(key.split("_")[:2])]
 
 
-def chat(max_tokens: int = 40) -> dict:
-    return {
-        "model": "mock",
-        "messages": [{"role": "user", "content": "count to three"}],
-        "max_tokens": max_tokens,
-    }
+def limits_of(gw: GatewayProcess, key: str, pid: str) -> dict:
+    r = httpx.get(f"{gw.url}/v1/limits/{pid}", params={"model": "mock"},
+                  headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    r.raise_for_status()
+    return next(s for s in r.json()["scopes"] if s["scope"] == "principal")
 
 
-def test_50_concurrent_requests_never_overshoot_the_token_budget(gateway) -> None:
-    gw, env, _ = gateway
-    key = create_key(env, "budget")
-    budget = 1000
-    cli(env, "limits", "set", "principal", principal_id(env, key), "--daily-tokens", str(budget))
-    time.sleep(2.5)  # every replica picks the change up within the poll period
+def set_limit(d: Deployment, key: str, **limits: int) -> str:
+    """Set the key's principal limits and wait until every gateway enforces them (no fixed sleep)."""
+    pid = principal_id(d.env, key)
+    args = []
+    for name, value in limits.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    cli(d.env, "limits", "set", "principal", pid, *args)
+    field = {"rpm": "requests_per_min", "daily_tokens": "daily_tokens"}
+    for gw in d.gateways:
+        wait_until(lambda gw=gw: all(limits_of(gw, key, pid)["limits"][field[k]] == v for k, v in limits.items()),
+                   timeout=20, what=f"{gw.url} to apply {limits}")
+    return pid
 
-    async def run() -> list[httpx.Response]:
-        async with httpx.AsyncClient(
-            base_url=gw.url, timeout=60, headers={"Authorization": f"Bearer {key}"}
-        ) as c:
-            return await asyncio.gather(*(c.post("/v1/chat/completions", json=chat()) for _ in range(50)))
 
-    responses = asyncio.run(run())
+def chat(stream: bool = False) -> dict:
+    body = {"model": "mock", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": MAX_TOKENS}
+    return {**body, "stream": True} if stream else body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_budget_holds_with_every_request_in_flight_across_two_gateways(deployment: Deployment, stream: bool) -> None:
+    d = deployment
+    key = create_key(d.env, f"budget-{stream}")
+    pid = set_limit(d, key, daily_tokens=BUDGET)
+    statuses: list[int] = []
+
+    async def one(client: httpx.AsyncClient, url: str) -> httpx.Response:
+        r = await client.post(url + "/v1/chat/completions", json=chat(stream))
+        statuses.append(r.status_code)
+        return r
+
+    async def run() -> tuple[list[httpx.Response], dict]:
+        limits = httpx.Limits(max_connections=N, max_keepalive_connections=N)
+        async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {key}"}, limits=limits) as c:
+            tasks = [asyncio.ensure_future(one(c, d.gateways[i % 2].url)) for i in range(N)]
+            # every request is decided: admitted ones wait at the gate, refused ones came back
+            while d.upstream.stats.held + len(statuses) < N:
+                if any(t.done() and t.exception() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            held = d.upstream.stats.held
+            in_flight = limits_of(d.gateways[0], key, pid)["used"]["daily_tokens"]
+            d.upstream.release()
+            return await asyncio.gather(*tasks), {"held": held, "reserved": in_flight}
+
+    before = d.upstream.stats.generations
+    d.upstream.hold()
+    try:
+        responses, seen = asyncio.run(run())
+    finally:
+        d.upstream.release()
     ok = [r for r in responses if r.status_code == 200]
     limited = [r for r in responses if r.status_code == 429]
-    assert len(ok) + len(limited) == 50, {r.status_code for r in responses}
-    assert ok and limited
-    used = sum(r.json()["usage"]["total_tokens"] for r in ok)
-    reservation = max(r.json()["usage"]["prompt_tokens"] for r in ok) + 40
-    assert used <= budget + reservation
+    assert len(ok) + len(limited) == N, sorted(r.status_code for r in responses)
+    assert seen["held"] == len(ok)  # all admitted requests were in flight together
+    assert d.upstream.stats.generations - before == len(ok)  # refused ones never reached the upstream
+    per_request = seen["reserved"] // len(ok)
+    assert seen["reserved"] == per_request * len(ok)
+    assert per_request >= MAX_TOKENS
+    # exactly as many as fit: not one more (overshoot), not one fewer (a leak of reserved tokens)
+    assert len(ok) == BUDGET // per_request, (len(ok), per_request)
+    assert seen["reserved"] <= BUDGET
+    if stream:
+        assert all("data: [DONE]" in r.text for r in ok)
     body = limited[0].json()["error"]
     assert body["code"] == "daily_tokens" and body["limit"]["name"] == "daily_tokens"
     assert limited[0].headers["Retry-After"].isdigit()
-    assert limited[0].headers["RateLimit-Policy"] == f'"principal.daily_tokens";q={budget};w=86400'
+    assert limited[0].headers["RateLimit-Policy"] == f'"principal.daily_tokens";q={BUDGET};w=86400'
     assert limited[0].headers["RateLimit"].startswith('"principal.daily_tokens";r=')
+    # settled: the unused part of each reservation came back, the day counts only what was used
+    used = sum(json.loads(r.text)["usage"]["total_tokens"] for r in ok) if not stream else None
+    after = wait_until(lambda: (u := limits_of(d.gateways[1], key, pid)["used"]["daily_tokens"]) < seen["reserved"]
+                       and u, timeout=10, what="the reservations to settle")
+    if used is not None:
+        assert after == used
 
 
-def test_429_arrives_before_a_stream_starts(gateway) -> None:
-    gw, env, _ = gateway
-    key = create_key(env, "streamer")
-    cli(env, "limits", "set", "principal", principal_id(env, key), "--rpm", "1")
-    time.sleep(2.5)
+def test_429_arrives_before_a_stream_starts(deployment: Deployment) -> None:
+    d = deployment
+    key = create_key(d.env, "streamer")
+    set_limit(d, key, rpm=1)
     headers = {"Authorization": f"Bearer {key}"}
-    first = httpx.post(
-        gw.url + "/v1/chat/completions", json={**chat(), "stream": True}, headers=headers, timeout=30
-    )
+    url = d.gateways[0].url + "/v1/chat/completions"
+    first = httpx.post(url, json=chat(stream=True), headers=headers, timeout=30)
     assert first.status_code == 200 and "data: [DONE]" in first.text
-    second = httpx.post(
-        gw.url + "/v1/chat/completions", json={**chat(), "stream": True}, headers=headers, timeout=30
-    )
+    before = d.upstream.stats.generations
+    second = httpx.post(d.gateways[1].url + "/v1/chat/completions", json=chat(stream=True), headers=headers,
+                        timeout=30)
     assert second.status_code == 429
     assert second.headers["content-type"].startswith("application/json")
     assert second.json()["error"]["code"] == "requests_per_minute"
+    assert d.upstream.stats.generations == before
 
 
-def test_redis_down_gives_503_and_service_recovers(gateway) -> None:
-    gw, env, redis = gateway
-    headers = {"Authorization": f"Bearer {create_key(env, 'outage')}"}
-    assert (
-        httpx.post(gw.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=30).status_code
-        == 200
-    )
-    redis.stop()
-    try:
-        down = httpx.post(gw.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=30)
+class Traffic:
+    """A thread posting requests back to back; each outcome with its start and end time."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+        self.outcomes: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {self.key}"}) as c:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    status = c.post(self.url + "/v1/chat/completions", json=chat()).status_code
+                except httpx.HTTPError:
+                    status = -1
+                self.outcomes.append((t0, time.monotonic(), status))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [s for t0, t1, s in self.outcomes if t0 >= start and t1 <= end]
+
+
+def test_redis_stopped_under_traffic_fails_closed_then_limits_hold_after_restart(deployment: Deployment) -> None:
+    d = deployment
+    key = create_key(d.env, "outage")
+    gw = d.gateways[0]
+    with Traffic(gw.url, key) as traffic:
+        wait_until(lambda: traffic.between(0, time.monotonic()).count(200) >= 3, what="traffic before the outage")
+        d.redis.stop()
+        down_at = time.monotonic()
+        wait_until(lambda: 503 in traffic.between(down_at, time.monotonic()), what="a 503 once Redis is down")
+        generations = d.upstream.stats.generations  # any request admitted before the stop has been sent by now
+        seen = len(traffic.outcomes)
+        wait_until(lambda: len(traffic.outcomes) >= seen + 10, what="more traffic while down")
+        down = httpx.post(gw.url + "/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {key}"},
+                          timeout=30)
         assert down.status_code == 503, down.text
-        assert down.json()["error"]["type"] == "service_unavailable"
-        assert "Retry-After" in down.headers
-    finally:
-        redis.start()
-    deadline = time.monotonic() + 15
-    status = None
-    while time.monotonic() < deadline:
-        status = httpx.post(
-            gw.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=30
-        ).status_code
-        if status == 200:
-            break
-        time.sleep(0.3)
-    assert status == 200
+        assert down.json()["error"]["type"] == "service_unavailable" and down.headers["Retry-After"] == "5"
+        assert d.upstream.stats.generations == generations  # refused requests never reached the upstream
+        up_at = time.monotonic()
+        d.redis.start()
+        wait_until(lambda: traffic.between(up_at, time.monotonic()).count(200) >= 3, timeout=30,
+                   what="service after Redis came back")
+    during = traffic.between(down_at, up_at)
+    assert during and set(during) == {503}, sorted(set(during))
+    after = httpx.post(gw.url + "/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {key}"},
+                      timeout=30)
+    assert after.status_code == 200
+    # limits are correct after the restart (the counters were lost with the old Redis; the rules were not)
+    limited_key = create_key(d.env, "after-outage")
+    set_limit(d, limited_key, rpm=3)
+    headers = {"Authorization": f"Bearer {limited_key}"}
+    statuses = [httpx.post(d.gateways[i % 2].url + "/v1/chat/completions", json=chat(), headers=headers,
+                           timeout=30).status_code for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]

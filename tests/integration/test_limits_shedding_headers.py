@@ -16,6 +16,7 @@ import pytest
 from tests.integration.test_authz_routes import login
 from tests.support.fake_upstreams import FakeServer, serve_fake
 from tests.support.server import GatewayProcess, base_env, cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -72,6 +73,19 @@ def shed_count(gw: GatewayProcess, priority: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+MARKER_RPM = 100_000
+
+
+def applied(gw: GatewayProcess, pid: str, headers: dict[str, str], rpm: int) -> None:
+    """Wait until the gateway enforces ``rpm`` for ``pid`` (its own view, GET /v1/limits/{pid})."""
+
+    def now() -> int | None:
+        r = httpx.get(f"{gw.url}/v1/limits/{pid}", headers=headers, timeout=10)
+        return next(s["limits"]["requests_per_min"] for s in r.json()["scopes"] if s["scope"] == "principal")
+
+    wait_until(lambda: now() == rpm, timeout=10, what=f"the gateway to apply rpm={rpm} to {pid}")
+
+
 async def _until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -82,12 +96,15 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 def test_saturated_backend_sheds_lower_priority_principals_first(gateway, admin) -> None:
     gw, env, upstream = gateway
     (low, low_id), (normal, _), (high, high_id) = (new_key(gw, admin, f"shed-{p}") for p in ("low", "normal", "high"))
-    cli(env, "limits", "set", "principal", low_id, "--priority", "0")
-    cli(env, "limits", "set", "principal", high_id, "--priority", "2")
+    # with the priority, a marker limit (no effect here): priorities and limits arrive in one snapshot, so once
+    # the gateway shows the marker it applies the priority too
+    cli(env, "limits", "set", "principal", low_id, "--priority", "0", "--rpm", str(MARKER_RPM))
+    cli(env, "limits", "set", "principal", high_id, "--priority", "2", "--rpm", str(MARKER_RPM))
     # normal: an app's default priority (1), nothing set
     auth = {name: {"Authorization": f"Bearer {k}"} for name, k in (("low", low), ("normal", normal), ("high", high))}
     shed_before = shed_count(gw, 0), shed_count(gw, 1)
-    time.sleep(0.6)  # the gateway polls limits every 0.2 s
+    for pid, headers in ((low_id, auth["low"]), (high_id, auth["high"])):
+        applied(gw, pid, headers, MARKER_RPM)
 
     async def run() -> None:
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
@@ -163,7 +180,7 @@ def test_admin_sets_limits_through_the_api_and_successes_carry_ratelimit_headers
     rule = next(r for r in overview.json()["rules"] if r["subject"] == pid)
     assert (rule["requests_per_min"], rule["tokens_per_min"], rule["daily_tokens"]) == (3, 600, 5000)
     assert rule["concurrency"] is None  # not given: inherited from the defaults
-    time.sleep(0.6)  # pub/sub (or the 0.2 s poll) carries the change to the gateway
+    applied(gw, pid, {"Authorization": f"Bearer {key}"}, 3)  # pub/sub (or the 0.2 s poll) carries the change
 
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(**chat())
@@ -200,7 +217,7 @@ def test_admin_sets_limits_through_the_api_and_successes_carry_ratelimit_headers
     # the admin lifts the rule (back to the defaults): served again at once
     gone = httpx.delete(f"{gw.url}/admin/limits/principal/{pid}", headers=admin, timeout=10)
     assert gone.status_code == 200
-    time.sleep(0.6)
+    applied(gw, pid, {"Authorization": f"Bearer {key}"}, 600)
     again = client.chat.completions.with_raw_response.create(**chat())
     assert parse_list(again.headers["RateLimit-Policy"])["principal.requests_per_minute"]["q"] == 600
 

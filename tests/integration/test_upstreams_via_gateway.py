@@ -11,6 +11,7 @@ from text_generation import Client
 
 from tests.support.fake_upstreams import serve_fake
 from tests.support.server import GatewayProcess, base_env, create_key
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def upstreams():
         serve_fake("die_mid_stream", "openai") as dying,
         serve_fake("hang", "openai") as hanging,
         serve_fake("slow", "openai", token_delay=0.05) as trickle,
+        serve_fake("ok", "openai") as held,
     ):
-        yield {"oa": oa1, "down": oa_down, "tgi": tgi, "dying": dying, "hanging": hanging, "trickle": trickle}
+        yield {"oa": oa1, "down": oa_down, "tgi": tgi, "dying": dying, "hanging": hanging, "trickle": trickle,
+               "held": held}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,10 @@ models:
     backend: openai
     url: {upstreams["trickle"].url}
     upstream_model: gpt-x
+  - alias: held
+    backend: openai
+    url: {upstreams["held"].url}
+    upstream_model: gpt-x
 """)
     env = base_env(
         data,
@@ -58,7 +65,7 @@ models:
         PALISADE_READ_TIMEOUT_S="1",
         PALISADE_STREAM_IDLE_TIMEOUT_S="1",
         PALISADE_CONNECT_TIMEOUT_S="1",
-        PALISADE_HEALTH_INTERVAL_S="60",
+        PALISADE_HEALTH_INTERVAL_S="2",
     )
     key = create_key(env, "upstream-tests")
     proc = GatewayProcess(env, data / "serve.log").start(ready=False)
@@ -122,11 +129,21 @@ def test_upstream_dying_mid_stream_gives_clean_error_event(gw):
         headers={"Authorization": f"Bearer {key}"},
         json={"model": "flaky", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20},
     )
-    assert r.status_code in (502, 503) and r.json()["error"]["request_id"]
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["type"] == "upstream_error" and r.json()["error"]["request_id"]
 
 
-def test_hanging_upstream_times_out_without_stuck_connection(gw):
+def healthy(url: str, alias: str) -> float | None:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("palisade_backend_healthy{") and f'model="{alias}"' in line:
+            return float(line.split()[-1])
+    return None
+
+
+def test_upstream_failing_its_health_check_gives_503_at_once(gw):
     proc, key = gw
+    # the hanging upstream never answers its health check either: once the check has said so, no request waits
+    wait_until(lambda: healthy(proc.url, "slow") == 0.0, timeout=20, what="the health check to mark 'slow' down")
     t0 = time.monotonic()
     r = httpx.post(
         proc.url + "/v1/chat/completions",
@@ -134,9 +151,33 @@ def test_hanging_upstream_times_out_without_stuck_connection(gw):
         json={"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5},
         timeout=30,
     )
-    assert time.monotonic() - t0 < 10
-    assert r.status_code in (503, 504), r.text
-    assert r.json()["error"]["type"] in ("timeout_error", "service_unavailable")
+    assert time.monotonic() - t0 < 5
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == {**r.json()["error"], "type": "service_unavailable",
+                                 "message": "no healthy endpoint for model 'slow'"}
+    assert "Retry-After" in r.headers
+    assert proc.alive()
+
+
+def test_healthy_upstream_that_never_answers_times_out_with_504(gw, upstreams):
+    proc, key = gw
+    held = upstreams["held"]
+    held.hold()  # health checks pass, generations wait forever
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(
+            proc.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "held", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5},
+            timeout=30,
+        )
+        assert time.monotonic() - t0 < 10
+    finally:
+        held.release()
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["type"] == "timeout_error"
+    assert held.stats.generations >= 1
+    wait_until(lambda: held.stats.held == 0, timeout=10, what="the gateway to close the held upstream request")
     assert proc.alive()
 
 
@@ -151,7 +192,45 @@ def test_client_disconnect_cancels_the_upstream_generation(gw, upstreams):
         assert r.status_code == 200
         assert next(r.iter_lines()).startswith("data: ")
     # the gateway noticed the client leave and closed its upstream stream long before 100 tokens (5 s) were sent
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and trickle.stats.disconnects == before:
-        time.sleep(0.05)
-    assert trickle.stats.disconnects == before + 1
+    wait_until(lambda: trickle.stats.disconnects == before + 1, timeout=3, what="the upstream to see the cancel")
+
+
+def test_upstream_killed_mid_stream_ends_cleanly_settles_and_is_audited(gw, upstreams):
+    """Fault drill: the upstream drops the connection after two tokens. The client gets those tokens, then one
+    error event in the error shape (no [DONE]); the reservation is settled (no concurrency slot held); the audit
+    record says the request failed with 502 and counts the two tokens that were sent."""
+    import json
+    import sqlite3
+
+    from tests.support.server import cli
+
+    proc, key = gw
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "flaky", "messages": [{"role": "user", "content": "tell me a long story about dragons"}],
+            "max_tokens": 20, "stream": True}
+    with httpx.Client(timeout=30) as c, c.stream("POST", proc.url + "/v1/chat/completions", json=body,
+                                                 headers=headers) as r:
+        assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    *tokens, last = [json.loads(e) for e in events]
+    assert len(tokens) == 2 and all(t["choices"][0]["delta"]["content"] for t in tokens)
+    assert last == {"error": {**last["error"], "type": "upstream_error", "request_id": request_id}}, last
+
+    rows = [json.loads(line) for line in cli(proc.env, "keys", "list").stdout.splitlines() if line.startswith("{")]
+    pid = "key:" + next(r["id"] for r in rows if key.startswith(r["prefix"] + "_"))
+    usage = httpx.get(f"{proc.url}/v1/limits/{pid}", params={"model": "flaky"}, headers=headers, timeout=10).json()
+    assert [s["used"]["concurrent"] for s in usage["scopes"]] == [0] * len(usage["scopes"])
+
+    db = sqlite3.connect(f"{proc.env['PALISADE_DATA_DIR']}/palisade.db")
+    try:
+        found = wait_until(lambda: db.execute("SELECT tag, details FROM audit_records WHERE request_id = ? "
+                                              "ORDER BY seq", (request_id,)).fetchall(),
+                           timeout=5, what="the stream's audit records")
+    finally:
+        db.close()
+    tags = [t for t, _ in found]
+    assert tags == ["inference:stream:start", "inference:request:failed"], tags
+    details = json.loads(found[-1][1])
+    assert details["status"] == "error:502" and details["completion_tokens"] == 2, details

@@ -15,6 +15,10 @@ Modes (``FakeServer.mode`` may be changed while running):
 
 ``ok`` answers a prompt longer than ``max_input_chars`` like real servers do (TGI 422, vLLM 400).
 
+Gate: ``srv.hold()`` makes every generation request wait (after its body is read, before any answer byte) until
+``srv.release()``; ``stats.held`` counts those waiting, so a test can put N requests in flight at once and know it.
+``stats.generations`` counts generation calls (POSTs), not health probes: "the upstream was never called".
+
 Usage::
 
     with fake_upstream("ok", "openai") as base_url: ...         # just the URL
@@ -55,6 +59,10 @@ class Stats:
     disconnects: int = 0
     active: int = 0
     max_active: int = 0
+    #: generation requests received (POSTs; health probes and /info are not counted)
+    generations: int = 0
+    #: generation requests waiting at the gate now
+    held: int = 0
     paths: dict[str, int] = field(default_factory=dict)
     last_body: dict[str, Any] | None = None
     #: answers completed per prompt (the last user message, or the prompt): "was this line run twice?"
@@ -74,6 +82,8 @@ class FakeUpstreamApp:
         self.max_input_chars = max_input_chars
         self.stats = Stats()
         self.stopping = False
+        #: while True, generation requests wait before answering (see ``FakeServer.hold``)
+        self.gated = False
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -159,6 +169,16 @@ class FakeUpstreamApp:
         except ValueError:
             return await _send_json(send, 400, {"error": "bad json"})
         self.stats.last_body = body
+        self.stats.generations += 1
+        if self.gated:
+            self.stats.held += 1
+            try:
+                while self.gated and not watch.done() and not self.stopping:
+                    await asyncio.sleep(0.005)
+            finally:
+                self.stats.held -= 1
+            if watch.done():
+                return
         openai_route = path.startswith("/v1/")
         if mode == "error500":
             if openai_route:
@@ -475,6 +495,21 @@ class FakeServer:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.app.mode = mode
+
+    def hold(self) -> None:
+        """Generation requests from now on wait at the gate (counted in ``stats.held``) until ``release``."""
+        self.app.gated = True
+
+    def release(self) -> None:
+        self.app.gated = False
+
+    def wait_for(self, condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
+        """Poll ``condition(stats)`` until true (an awaited condition instead of a fixed sleep)."""
+        deadline = time.monotonic() + timeout
+        while not condition(self.stats):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fake upstream: {what} not reached in {timeout}s ({self.stats})")
+            time.sleep(0.01)
 
     def start(self) -> FakeServer:
         if self.down:  # bound but not listening: connections are refused

@@ -101,3 +101,27 @@ def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model.save_pretrained(path)
     return path
+
+
+def make_endless_tiny_model(path: Path, *, context: int = 32768) -> Path:
+    """The tiny model, but one that never chooses end-of-sequence under greedy decoding and has a long context:
+    a generation runs until ``max_tokens``, so a test can tell "cancelled" from "finished on its own".
+
+    The output head is untied from the embeddings and the end-of-sequence row zeroed, so its logit is always 0
+    while the best of ~500 random rows is well above 0 (greedy never picks it).
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    make_tiny_model(path)
+    model = LlamaForCausalLM.from_pretrained(path)
+    eos = model.config.eos_token_id
+    model.config.tie_word_embeddings = False
+    model.config.max_position_embeddings = context
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(model.get_input_embeddings().weight)
+        head.weight[eos].zero_()
+    model.lm_head = head
+    model.save_pretrained(path)
+    return path

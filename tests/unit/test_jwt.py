@@ -179,3 +179,22 @@ async def test_malformed_tokens_are_rejected_without_exceptions(token):
 
 async def test_claims_that_do_not_map_are_refused():
     assert await verifier()(sign(claims(roles="admin"))) is None  # roles must be a list
+
+
+async def test_x5c_certificate_chain_header_is_refused():
+    """An attacker-supplied certificate chain must never be the key: refused whatever the kid."""
+    from tests.integration.test_jwt_http import self_signed_x5c
+
+    for kid in (KID, ATTACKER.thumbprint()):
+        token = sign(claims(), key=ATTACKER, x5c=self_signed_x5c(ATTACKER), kid=kid)
+        assert "forbidden header ['x5c']" in await rejected(token)
+
+
+async def test_crit_extensions_are_refused():
+    """RFC 7515 4.1.11: a critical extension the verifier does not understand makes the token invalid."""
+    from tests.integration.test_jwt_http import es256  # raw JWS: JOSE libraries refuse to write unknown crit
+
+    for crit in (["exp"], ["http://attacker.example/ext"], []):
+        header = {"alg": "ES256", "kid": KID, "typ": "at+jwt", "crit": crit, "http://attacker.example/ext": True}
+        token = es256(header, claims(), SERVER_KEY.private_key)  # signed by our own key: only crit is wrong
+        assert "forbidden header ['crit']" in await rejected(token)
