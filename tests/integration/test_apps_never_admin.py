@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from gateway.app import services_of
 from gateway.authz.actions import Action
 from gateway.authz.enforcer import APP_GRANTS
 from tests.integration.test_identity_helpers import gateway_client, identity_settings, login, make_person
@@ -51,7 +52,7 @@ def app_only_routes(app) -> list[tuple[str, str, str]]:
 
 async def test_api_keys_and_oauth_tokens_get_403_on_every_admin_route_under_an_allow_all_policy(gw) -> None:
     client, app = gw
-    s = app.state.services
+    s = services_of(app)
     admin = await make_person(app, "admin")
     h = {"X-CSRF-Token": await login(client, admin)}
     r = await client.post("/admin/policies/", json={"text": PERMISSIVE, "reason": "drill: allow everything"},

@@ -64,7 +64,6 @@ async def gateway_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncC
     await asyncio.wait([task, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # startup failed: raise it here
-    app.state.services = services_of(app)  # the composition root's Services, for tests that set things up directly
     try:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
@@ -72,11 +71,6 @@ async def gateway_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncC
     finally:
         stop.set()
         await task
-
-
-def services_of(app: Litestar) -> Any:
-    """The running app's ``Services`` (what its ``services`` dependency provides)."""
-    return app.dependencies["services"].dependency()
 
 
 def seed_of(otpauth_uri: str) -> str:

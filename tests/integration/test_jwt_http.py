@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from gateway.app import services_of
 from tests.integration.test_identity_helpers import gateway_client, identity_settings
 from tests.support.fake_upstreams import fake_upstream
 
@@ -105,7 +106,7 @@ async def gw(tmp_path_factory):
 
 async def test_every_jwt_attack_is_refused_over_http(gw) -> None:
     client, app = gw
-    oauth = await app.state.services.identity.clients.create("jwt-target", models=["mock"])
+    oauth = await services_of(app).identity.clients.create("jwt-target", models=["mock"])
     r = await client.post("/oauth/token", data={"grant_type": "client_credentials"},
                           auth=(oauth.client_id, oauth.client_secret))
     genuine = r.json()["access_token"]

@@ -7,6 +7,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
+from gateway.app import services_of
 from gateway.db.audit import AuditRecord
 from tests.integration import test_identity_helpers as helpers
 from tests.integration.test_identity_helpers import assert_error_shape, gateway_client, login, make_person
@@ -51,8 +52,6 @@ async def gw(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(helpers, "upgrade", migrate_with_runs)
             async with gateway_client(settings) as (client, app):
-                if not hasattr(app.state, "services"):  # the helpers read app.state.services
-                    app.state.services = app.dependencies["services"].dependency()
                 yield client, app
 
 
@@ -113,7 +112,7 @@ async def test_request_approve_cancel_and_stream(gw):
     assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
     assert stream.text.strip().endswith('data: {"type":"status","status":"cancelled"}')
 
-    async with app.state.services.db.session() as s:
+    async with services_of(app).db.session() as s:
         tags = [r.tag for r in (await s.scalars(select(AuditRecord).where(
             AuditRecord.target == f"run:{run['id']}").order_by(AuditRecord.seq))).all()]
     assert tags == ["training:run:create", "training:run:approve", "training:run:cancel"]

@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
+from gateway.app import services_of
 from gateway.authn.sessions import SESSION_COOKIE
 from gateway.db.identity import SigningKey
 from tests.integration.test_identity_helpers import (
@@ -96,7 +97,7 @@ async def test_dump_after_real_use_holds_no_secret_in_clear(database: str, tmp_p
     with fake_upstream("ok", "openai") as upstream:
         settings = identity_settings(tmp_path, upstream, database_url=database)
         async with gateway_client(settings) as (client, app):
-            s = app.state.services
+            s = services_of(app)
             person = await make_person(app, "admin")
             kept["totp seed"] = person.seed
             handed_out.update({f"recovery code {i}": c for i, c in enumerate(person.recovery_codes)})
