@@ -13,7 +13,7 @@ from litestar import Controller, get, post, put
 
 from gateway.api.deps import ContextDep, ServicesDep
 from gateway.authz.actions import Action
-from gateway.models.views import AliasOut, ModelOut
+from gateway.models.views import AliasOut, ModelOut, VersionOut
 
 VersionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 PrincipalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -31,6 +31,12 @@ class CanaryChange(msgspec.Struct, forbid_unknown_fields=True):
     version: VersionId | None = None
     percent: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
     principals: Annotated[list[PrincipalId], msgspec.Meta(max_length=1000)] | None = None
+
+
+class GateOverride(msgspec.Struct, forbid_unknown_fields=True):
+    """Why a version that failed an evaluation gate may still be promoted (kept in the audit trail)."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 
 
 class ModelList(msgspec.Struct):
@@ -64,6 +70,12 @@ class ModelController(Controller):
           status_code=200)
     async def rollback(self, services: ServicesDep, ctx: ContextDep, alias: str) -> AliasOut:
         return await services.models.registry.rollback(ctx, alias)
+
+    @post("/versions/{version:str}/override-gates", opt={"action": Action.MODEL_GATE_OVERRIDE},
+          operation_id="overrideVersionGates", status_code=200)
+    async def override_gates(self, services: ServicesDep, ctx: ContextDep, version: str,
+                             data: GateOverride) -> VersionOut:
+        return await services.models.registry.override_gates(ctx, version, data.reason)
 
 
 MODEL_ROUTES: list[Any] = [ModelController]

@@ -32,6 +32,7 @@ class Action(StrEnum):
     MODEL_PROMOTE = "approval:model:promote"
     MODEL_CANARY = "approval:model:canary"
     MODEL_ROLLBACK = "approval:model:rollback"
+    MODEL_GATE_OVERRIDE = "approval:model:override-gate"
     # governed datasets: registering and reading (owner-scoped), and the four-eyes decision on a version
     DATASET_CREATE = "dataset:version:create"
     DATASET_READ = "dataset:version:read"

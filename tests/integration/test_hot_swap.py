@@ -162,8 +162,8 @@ def test_canary_by_principal_and_percent_over_http(embedded, tiny_pair) -> None:
     seen: Counter[str] = Counter()
     while time.monotonic() < deadline and len(seen) < 2:
         seen[serving(gw, key)] += 1
-    counts = Counter(serving(gw, key) for _ in range(60))
-    assert set(counts) == {base, new} and 15 <= counts[new] <= 45, counts
+    counts = Counter(serving(gw, key) for _ in range(40))  # 50 % by request-id hash (20 % ± 5 % of 1,000 is
+    assert set(counts) == {base, new} and 8 <= counts[new] <= 32, counts  # checked at the router level)
     r = httpx.put(f"{gw.url}/admin/aliases/chat/canary", json={"version": new, "percent": 0}, headers=approver,
                   timeout=30)
     assert r.status_code == 200, r.text
