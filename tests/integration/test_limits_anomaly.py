@@ -13,9 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.test_limits_redis import principal_ids
 from tests.support.fake_upstreams import serve_fake
-from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.server import GatewayProcess, base_env, cli, create_key, principal_ids
 
 WINDOW_S = 2.0
 SPIKE = 12  # denials in one window (the default anomaly.min_denials is 10; anomaly.min_requests 30 stays quiet)

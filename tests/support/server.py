@@ -91,3 +91,12 @@ class GatewayProcess:
                 self.proc.wait()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def principal_ids(env: dict[str, str], *keys: str) -> list[str]:
+    """The principal ids of API keys, from one `palisade keys list`."""
+    import json
+
+    rows = [json.loads(line) for line in cli(env, "keys", "list").stdout.splitlines() if line.startswith("{")]
+    by_prefix = {r["prefix"]: r["id"] for r in rows}
+    return ["key:" + by_prefix["_".join(k.split("_")[:2])] for k in keys]
