@@ -33,6 +33,7 @@ from tests.integration.test_identity_helpers import (
     login,
     seed_of,
 )
+from tests.support.fake_upstreams import serve_fake
 from tests.support.server import ROOT, base_env
 from tests.unit.test_datasets_pii import PLANTED, TEXT
 from tests.unit.test_datasets_pipeline import LONG, chat, prose
@@ -55,7 +56,9 @@ async def gw(tmp_path_factory, pg_url):
     outside = data / "outside.txt"
     outside.write_text(prose(3))
     (imports / "escape.txt").symlink_to(outside)
-    settings = identity_settings(data, "http://127.0.0.1:9/v1", database_url=pg_url, redis_url=REDIS_DB10,
+    upstream = serve_fake("ok", "openai")
+    fake = upstream.__enter__()
+    settings = identity_settings(data, fake.url, database_url=pg_url, redis_url=REDIS_DB10,
                                  celery_broker_url=REDIS_DB10, celery_result_backend=REDIS_DB10,
                                  dataset_import_dir=imports)
     async with gateway_client(settings) as (client, app):
@@ -71,6 +74,7 @@ async def gw(tmp_path_factory, pg_url):
             worker.terminate()
             worker.wait(timeout=30)
             log.close()
+            upstream.__exit__(None, None, None)
 
 
 _count = [0]
@@ -191,6 +195,25 @@ async def test_server_side_import_refuses_traversal_and_symlinks(gw):
     assert r.status_code == 201, r.text
     card = await wait_status(eng, r.json()["id"])
     assert card["status"] == "ready" and card["records_in"] == 1
+
+
+async def test_paraphrase_goes_through_inference_as_the_registrant(gw):
+    client, app, _ = gw
+    engineer, eng = await session_client(app, client, "ml_engineer")
+    rows = "".join(json.dumps({"prompt": prose(40 + i), "completion": prose(80 + i)}) + "\n" for i in range(6))
+    r = await eng.post("/admin/datasets", files={"file": ("pc.jsonl", rows.encode(), "application/jsonl")},
+                       data={"name": "para", "augment": "paraphrase", "augment_model": "mock",
+                             "validation_fraction": "0"})
+    assert r.status_code == 201, r.text
+    card = await wait_status(eng, r.json()["id"])
+    assert card["status"] == "ready", card
+    aug = card["card"]["augmentation"]
+    assert aug["added"].get("paraphrase") == 6 and aug["model"] == "mock" and not aug["failed_calls"], aug
+    assert card["records_out"] == 12
+    calls = json.loads(db_text(app_services(app).settings.database_url,
+                               "SELECT actor, details FROM audit_records WHERE tag = 'inference:request:complete'"))
+    mine = [json.loads(d) if isinstance(d, str) else d for actor, d in calls if actor == f"user:{engineer.id}"]
+    assert len(mine) == 6 and all(d.get("origin") == "task" for d in mine)
 
 
 async def test_apps_and_bad_requests_are_refused(gw):
