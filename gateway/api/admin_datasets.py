@@ -176,8 +176,8 @@ def _typed(fields: dict[str, str]) -> dict[str, Any]:
             out[key] = json.loads(value) if value.strip() else {}
         elif key == "legal-basis":
             out["legal_basis"] = value
-        elif key == "on-error":
-            out["on_error"] = value
+        elif key in ("on-error", "augment-model"):
+            out[key.replace("-", "_")] = value
         else:
             out[key] = value
     return out

@@ -74,7 +74,9 @@ def datasets() -> None:
 @click.option("--pii", type=click.Choice(["redact", "mask", "pseudonymise"]), default="redact", show_default=True)
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="fail", show_default=True,
               help="A malformed line: skip it (reported with its line number) or fail the job.")
-@click.option("--augment", multiple=True, type=click.Choice(["counterfactual"]), help="Augment the train split.")
+@click.option("--augment", multiple=True, type=click.Choice(["counterfactual", "paraphrase"]),
+              help="Augment the train split (repeatable).")
+@click.option("--augment-model", default=None, help="Model alias for paraphrases (called with your rights).")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
 @click.option("--tokenizer", default=None, help="Local model folder (its tokenizer) or bpe:<vocab size>.")
 @click.option("--seq-len", type=int, default=1024, show_default=True, help="Packed sequence length.")
@@ -83,15 +85,16 @@ def datasets() -> None:
 @click.option("--wait", is_flag=True, help="Show progress on stderr; exit 0 when ready, 1 when failed.")
 def create(name: str, path: Path, fmt: str, classification: str, purpose: str, legal_basis: str, source: str,
            licence: str, retention_days: int | None, pii: str, on_error: str, augment: tuple[str, ...],
-           validation_fraction: float, tokenizer: str | None, seq_len: int, config_file: Path | None,
-           wait: bool) -> None:
+           augment_model: str | None, validation_fraction: float, tokenizer: str | None, seq_len: int,
+           config_file: Path | None, wait: bool) -> None:
     """Register a dataset version; prints its id alone on the last line."""
     from gateway.datasets.service import DatasetCreate
     from gateway.errors import ApiError
 
     req = DatasetCreate(name=name, format=fmt, classification=classification, purpose=purpose,
                         legal_basis=legal_basis, source=source, licence=licence, retention_days=retention_days,
-                        pii=pii, on_error=on_error, augment=list(augment), validation_fraction=validation_fraction,
+                        pii=pii, on_error=on_error, augment=list(augment), augment_model=augment_model,
+                        validation_fraction=validation_fraction,
                         tokenizer=tokenizer, seq_len=seq_len, config=_load_config(config_file))
 
     async def go() -> Any:

@@ -44,7 +44,7 @@ PII_METHODS = ("redact", "mask", "pseudonymise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEES_ALL = ("admin", "approver")
 #: pipeline settings a request may tune (``--config FILE``), validated by the worker
-CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region")
+CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max")
 
 
 class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,6 +61,8 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pii: str = "redact"
     on_error: str = "fail"
     augment: list[str] = msgspec.field(default_factory=list)
+    #: the model alias paraphrases come from (``augment: paraphrase``), called with the registrant's rights
+    augment_model: str | None = None
     validation_fraction: float = 0.1
     tokenizer: str | None = None
     seq_len: int = 1024
@@ -76,8 +78,11 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for param, value, allowed in checks:
             if value not in allowed:
                 raise BadRequest(f"{param} must be one of {', '.join(allowed)}", param=param)
-        if any(a not in ("counterfactual",) for a in self.augment):
-            raise BadRequest("augment: only 'counterfactual' is available", param="augment")
+        if any(a not in ("counterfactual", "paraphrase") for a in self.augment):
+            raise BadRequest("augment: counterfactual or paraphrase", param="augment")
+        if "paraphrase" in self.augment and not self.augment_model:
+            raise BadRequest("augment paraphrase needs augment_model (a model alias you may use)",
+                             param="augment_model")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BadRequest("validation_fraction must be within [0, 1)", param="validation_fraction")
         if self.tokenizer and not (self.tokenizer.startswith("bpe:") or Path(self.tokenizer).is_dir()):
@@ -92,7 +97,8 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def pipeline_config(self) -> dict[str, Any]:
         out = {k: v for k, v in self.config.items() if k in CONFIG_SECTIONS}
         out.update(ingest={"format": self.format, "on_error": self.on_error}, pii=self.pii,
-                   augment=list(self.augment), validation_fraction=self.validation_fraction)
+                   augment=list(self.augment), augment_model=self.augment_model,
+                   validation_fraction=self.validation_fraction)
         if self.tokenizer:
             out["tokenise"] = {"tokenizer": self.tokenizer, "seq_len": self.seq_len}
         return out

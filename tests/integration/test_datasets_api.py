@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy import update
 
+from gateway.app import services_of
 from gateway.datasets.service import iter_records
 from gateway.db.base import utcnow
 from gateway.db.identity import UserSession
@@ -33,6 +34,7 @@ from tests.integration.test_identity_helpers import (
     login,
     seed_of,
 )
+from tests.support.fake_upstreams import serve_fake
 from tests.support.server import ROOT, base_env
 from tests.unit.test_datasets_pii import PLANTED, TEXT
 from tests.unit.test_datasets_pipeline import LONG, chat, prose
@@ -55,7 +57,9 @@ async def gw(tmp_path_factory, pg_url):
     outside = data / "outside.txt"
     outside.write_text(prose(3))
     (imports / "escape.txt").symlink_to(outside)
-    settings = identity_settings(data, "http://127.0.0.1:9/v1", database_url=pg_url, redis_url=REDIS_DB10,
+    upstream = serve_fake("ok", "openai")
+    fake = upstream.__enter__()
+    settings = identity_settings(data, fake.url, database_url=pg_url, redis_url=REDIS_DB10,
                                  celery_broker_url=REDIS_DB10, celery_result_backend=REDIS_DB10,
                                  dataset_import_dir=imports)
     async with gateway_client(settings) as (client, app):
@@ -71,6 +75,7 @@ async def gw(tmp_path_factory, pg_url):
             worker.terminate()
             worker.wait(timeout=30)
             log.close()
+            upstream.__exit__(None, None, None)
 
 
 _count = [0]
@@ -79,7 +84,7 @@ _count = [0]
 async def make_person(app, *roles):
     _count[0] += 1
     name = f"ds{_count[0]}_{int(time.time() * 1000) % 100000}"
-    enrol = await app_services(app).identity.users.create(name, PASSWORD, roles=list(roles), attributes={})
+    enrol = await services_of(app).identity.users.create(name, PASSWORD, roles=list(roles), attributes={})
     return Person(enrol.user_id, name, seed_of(enrol.otpauth_uri), enrol.recovery_codes)
 
 
@@ -129,10 +134,10 @@ async def test_create_ready_approve_and_governance(gw):
     assert e["code"] == "four_eyes" and "registered" in e["message"]
     # training cannot use it yet
     with pytest.raises(Conflict):
-        await iter_records(app_services(app).datasets, version_id)
+        await iter_records(services_of(app).datasets, version_id)
 
     # the approver: stale MFA -> 403; after step-up, a wrong digest -> 409; the right one -> approved
-    async with app_services(app).db.session() as s:
+    async with services_of(app).db.session() as s:
         await s.execute(update(UserSession).where(UserSession.user_id == approver.id)
                         .values(mfa_at=utcnow() - timedelta(minutes=6)))
     e = assert_error_shape(await appr.post(f"/admin/datasets/{version_id}/approve", json={}), 403)
@@ -154,7 +159,7 @@ async def test_create_ready_approve_and_governance(gw):
     approval = r.json()["approvals"][0]
     assert r.json()["status"] == "approved" and approval["digest"] == card["digest"] and approval["bias_waived"]
 
-    info, records = await iter_records(app_services(app).datasets, version_id, "train")
+    info, records = await iter_records(services_of(app).datasets, version_id, "train")
     rows = list(records)
     assert info["digest"] == card["digest"] and info["status"] == "approved" and len(rows) == info["records"]
     assert all("messages" in row for row in rows)
@@ -165,7 +170,7 @@ async def test_create_ready_approve_and_governance(gw):
         if path.is_file() and not path.is_symlink() and path.name != "outside.txt" and "imports" not in path.parts:
             blob = path.read_bytes()
             assert not [n for n in needles if n in blob], path
-    dump = db_text(app_services(app).settings.database_url)
+    dump = db_text(services_of(app).settings.database_url)
     assert not [n for n in needles if n.decode() in dump]
 
     # delete: shards gone, record and audit stay
@@ -173,8 +178,8 @@ async def test_create_ready_approve_and_governance(gw):
     assert r.status_code == 200 and r.json()["deleted"] is True
     assert not (data / "datasets" / version_id).exists()
     with pytest.raises(Exception):  # noqa: B017 - NotFound: a deleted version cannot be trained on
-        await iter_records(app_services(app).datasets, version_id)
-    tags = db_text(app_services(app).settings.database_url, "SELECT tag FROM audit_records")
+        await iter_records(services_of(app).datasets, version_id)
+    tags = db_text(services_of(app).settings.database_url, "SELECT tag FROM audit_records")
     for tag in ("dataset:version:create", "dataset:version:ready", "dataset:version:decision-denied",
                 "dataset:version:approve", "dataset:version:delete", "dataset:quarantine:read",
                 "dataset:bias:waive"):
@@ -193,9 +198,28 @@ async def test_server_side_import_refuses_traversal_and_symlinks(gw):
     assert card["status"] == "ready" and card["records_in"] == 1
 
 
+async def test_paraphrase_goes_through_inference_as_the_registrant(gw):
+    client, app, _ = gw
+    engineer, eng = await session_client(app, client, "ml_engineer")
+    rows = "".join(json.dumps({"prompt": prose(40 + i), "completion": prose(80 + i)}) + "\n" for i in range(6))
+    r = await eng.post("/admin/datasets", files={"file": ("pc.jsonl", rows.encode(), "application/jsonl")},
+                       data={"name": "para", "augment": "paraphrase", "augment_model": "mock",
+                             "validation_fraction": "0"})
+    assert r.status_code == 201, r.text
+    card = await wait_status(eng, r.json()["id"])
+    assert card["status"] == "ready", card
+    aug = card["card"]["augmentation"]
+    assert aug["added"].get("paraphrase") == 6 and aug["model"] == "mock" and not aug["failed_calls"], aug
+    assert card["records_out"] == 12
+    calls = json.loads(db_text(services_of(app).settings.database_url,
+                               "SELECT actor, details FROM audit_records WHERE tag = 'inference:request:complete'"))
+    mine = [json.loads(d) if isinstance(d, str) else d for actor, d in calls if actor == f"user:{engineer.id}"]
+    assert len(mine) == 6 and all(d.get("origin") == "task" for d in mine)
+
+
 async def test_apps_and_bad_requests_are_refused(gw):
     client, app, _ = gw
-    key = await app_services(app).keys.create("robot")
+    key = await services_of(app).keys.create("robot")
     h = {"Authorization": f"Bearer {key.key}"}
     assert_error_shape(await client.get("/admin/datasets", headers=h), 403)
     assert_error_shape(await client.post("/admin/datasets", headers=h, json={"name": "x", "path": "ok"}), 403)
@@ -205,15 +229,7 @@ async def test_apps_and_bad_requests_are_refused(gw):
     assert_error_shape(await eng.post("/admin/datasets", content=b"--x\r\nbroken", headers={
         "content-type": "multipart/form-data; boundary=x"}), 400)
     assert_error_shape(await eng.get("/admin/datasets/not-an-id"), 404)
-    assert not any((app_services(app).settings.data_dir / "dataset-uploads").iterdir())
-
-
-def app_services(app):
-    for provider in app.dependencies.values():
-        dependency = getattr(provider, "dependency", None)
-        if dependency is not None and hasattr(dependency, "set"):
-            return dependency()
-    raise AssertionError("no services handle")
+    assert not any((services_of(app).settings.data_dir / "dataset-uploads").iterdir())
 
 
 def db_text(url: str, query: str | None = None) -> str:

@@ -4,14 +4,16 @@ A swapped copy is added only when at least one term changed; it carries ``meta.a
 ``meta.synthetic = True`` and the content hash of its source, so provenance survives into the data card and
 training can tell added rows from collected ones. Pairs live in ``terms/counterfactual.txt``.
 
-Paraphrase, back-translation and synthetic examples through a served model go through the gateway's inference
-service with the requester as principal; they are not part of this module.
+Paraphrases come from a served model through the gateway's one inference entry point, called by the job with
+the requester as principal (``trainer.datasets.tasks`` builds the ``paraphrase`` callable), so each call is
+authorised, rate-limited and audited like the requester's own; here is only what to ask and how to mark it.
+The answer is scrubbed for PII again before it is stored (a model can invent an address).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 from trainer.datasets.bias import TERMS_DIR
@@ -76,3 +78,24 @@ def with_counterfactuals(records: Iterator[Record], stats: dict[str, int]) -> It
         if extra is not None:
             stats["counterfactual"] = stats.get("counterfactual", 0) + 1
             yield extra
+
+
+PARAPHRASE_PROMPT = ("Rewrite the following text so that it says the same thing in different words. Answer with the "
+                     "rewritten text only.")
+
+
+def paraphrased(record: Record, paraphrase: Callable[[str], str], model: str) -> Record | None:
+    """A copy with the user-side text (chat: user turns; prompt/completion: the prompt; text: all) rewritten."""
+    out = dict(record)
+    if "messages" in record:
+        out["messages"] = [{**m, "content": paraphrase(m["content"])} if m.get("role") == "user" else dict(m)
+                           for m in record["messages"]]
+    elif "prompt" in record:
+        out["prompt"] = paraphrase(record["prompt"])
+    else:
+        out["text"] = paraphrase(record["text"])
+    if out == record:
+        return None
+    out["meta"] = {"augmented": "paraphrase", "synthetic": True, "model": model,
+                   "source": content_hash(record).hex()[:16]}
+    return out

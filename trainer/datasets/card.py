@@ -30,7 +30,8 @@ def code_version() -> str:
 
 def build(*, version_id: str, config: Any, report: Any, stages: list[dict[str, Any]], pii_counts: dict[str, int],
           splits: dict[str, int], quarantined: int, languages: dict[str, int], boilerplate_lines: int,
-          duplicates: dict[str, int], bias: dict[str, Any], augmentation: dict[str, int], tokens: dict[str, Any],
+          duplicates: dict[str, int], bias: dict[str, Any], augmentation: dict[str, int],
+          augment_failures: dict[str, int], tokens: dict[str, Any],
           chars: int, digest: str, seconds: float) -> dict[str, Any]:
     return {
         "id": version_id,
@@ -51,7 +52,8 @@ def build(*, version_id: str, config: Any, report: Any, stages: list[dict[str, A
         "duplicates": duplicates,
         "languages": languages,
         "bias": bias,
-        "augmentation": {"added": augmentation, "methods": list(config.augment),
+        "augmentation": {"added": augmentation, "methods": list(config.augment), "model": config.augment_model,
+                         "failed_calls": augment_failures,
                          "provenance": "added rows carry meta.augmented, meta.synthetic and meta.source "
                                        "(content hash of the source row); training split only"},
         "not_covered": [

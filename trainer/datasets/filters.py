@@ -128,12 +128,14 @@ class QualityFilter:
         c = self.config
         total = sum(len(t) for t in tokens)
         for n, limit in zip((2, 3, 4), c.max_top_ngram_fraction, strict=True):
-            grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+            grams = Counter(zip(*(tokens[k:] for k in range(n)), strict=False))
             top, count = grams.most_common(1)[0]
             if count > 1 and count * sum(len(t) for t in top) / total > limit:
                 return f"top_{n}gram"
-        grams5 = [tuple(tokens[i:i + 5]) for i in range(len(tokens) - 4)]
+        grams5 = list(zip(*(tokens[k:] for k in range(5)), strict=False))
         counts = Counter(grams5)
+        if len(counts) == len(grams5):  # no 5-gram repeats (most text): nothing to measure
+            return None
         covered = [False] * len(tokens)
         for i, g in enumerate(grams5):
             if counts[g] > 1:

@@ -28,6 +28,7 @@ from trainer.datasets.bias import BiasConfig, BiasReport
 from trainer.datasets.dedup import DedupConfig, ExactDedup, NearDedup
 from trainer.datasets.filters import QualityConfig
 from trainer.datasets.ingest import IngestConfig, IngestReport, Source, read_records
+from trainer.datasets.normalise import normalise
 from trainer.datasets.prepare import Preparer, prepared
 from trainer.datasets.records import Record, content, joined_text, texts
 from trainer.datasets.split import split_of
@@ -45,7 +46,10 @@ class PipelineConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     validation_fraction: float = 0.1
-    augment: tuple[str, ...] = ()  # "counterfactual"
+    augment: tuple[str, ...] = ()  # "counterfactual", "paraphrase"
+    #: the model alias paraphrases come from (called with the requester's rights), and how many rows at most
+    augment_model: str | None = None
+    augment_max: int = 1000
     bias: BiasConfig = field(default_factory=BiasConfig)
     tokenise: TokeniseConfig = field(default_factory=TokeniseConfig)
     shard_records: int = 10_000
@@ -101,17 +105,22 @@ class _Quarantine:
 
 def run_pipeline(source: Path | Source, config: PipelineConfig, *, store: ObjectStore, sealer: Sealer,
                  version_id: str, pseudonym: Callable[[str, str], str] | None = None,
-                 progress: Progress | None = None) -> PipelineResult:
-    """Process ``source`` into version ``version_id``; on failure delete whatever was stored, then re-raise."""
+                 progress: Progress | None = None, paraphrase: Callable[[str], str] | None = None) -> PipelineResult:
+    """Process ``source`` into version ``version_id``; on failure delete whatever was stored, then re-raise.
+    ``paraphrase(text) -> text`` calls a served model (the job supplies it; needed for ``augment: paraphrase``)."""
+    if "paraphrase" in config.augment and paraphrase is None:
+        raise ValueError("augment 'paraphrase' needs a model (augment_model) and the job's inference access")
     try:
-        return _run(source, config, store, sealer, version_id, pseudonym, progress or (lambda s, f: None))
+        return _run(source, config, store, sealer, version_id, pseudonym, progress or (lambda s, f: None),
+                    paraphrase)
     except BaseException:
         store.delete_prefix(version_id)
         raise
 
 
 def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, sealer: Sealer, version_id: str,
-         pseudonym: Callable[[str, str], str] | None, progress: Progress) -> PipelineResult:
+         pseudonym: Callable[[str, str], str] | None, progress: Progress,
+         paraphrase: Callable[[str], str] | None) -> PipelineResult:
     started = time.monotonic()
     manifest = Manifest(version=version_id)
     stages = {name: Stage(name) for name in STAGES}
@@ -124,6 +133,7 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
     quarantine = _Quarantine(ShardWriter(store, sealer, manifest, "quarantine", config.shard_records))
     bias_before, bias_after = BiasReport(config.bias), BiasReport(config.bias)
     augmented: dict[str, int] = {}
+    failures: Counter[str] = Counter()
     chars = 0
 
     progress("ingest", 0.0)
@@ -151,6 +161,15 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
             if extra is not None:
                 rows.append(extra)
                 augmented["counterfactual"] = augmented.get("counterfactual", 0) + 1
+        if split == "train" and paraphrase is not None and augmented.get("paraphrase", 0) < config.augment_max:
+            try:
+                extra = augment.paraphrased(out, paraphrase, config.augment_model or "")
+            except Exception as exc:  # noqa: BLE001 - a refused or failed call costs one row, not the job
+                failures[type(exc).__name__] += 1
+                extra = None
+            if extra is not None:
+                rows.append({**scrubber.scrub(normalise(extra)), "meta": extra["meta"]})
+                augmented["paraphrase"] = augmented.get("paraphrase", 0) + 1
         stages["augment"].records_in += 1
         stages["augment"].records_out += len(rows)
         bias_before.add(out)
@@ -176,7 +195,7 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
         duplicates={"exact": exact.removed if exact else 0, "near": near.removed if near else 0,
                     "near_clusters": near.clusters if near else 0},
         bias={"before_augmentation": bias_before.result(), "after_augmentation": bias_after.result()},
-        augmentation=augmented, tokens=tokens, chars=chars, digest=manifest.digest,
+        augmentation=augmented, augment_failures=dict(failures), tokens=tokens, chars=chars, digest=manifest.digest,
         seconds=round(time.monotonic() - started, 3),
     )
     return PipelineResult(manifest=manifest, card=data_card)

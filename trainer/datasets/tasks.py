@@ -11,15 +11,18 @@ import asyncio
 import dataclasses
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from celery import shared_task
 
+from gateway.context import RequestContext, new_request_id
 from gateway.datasets.service import DatasetService
 from gateway.datasets.shards import KeyringSealer
 from gateway.datasets.uploads import open_upload
+from trainer.datasets.augment import PARAPHRASE_PROMPT
 from trainer.datasets.ingest import IngestError, Source
 from trainer.datasets.pii import HmacPseudonymiser
 from trainer.datasets.pipeline import PipelineConfig, run_pipeline
@@ -31,10 +34,11 @@ _log = structlog.get_logger("palisade.datasets")
 def process(version_id: str) -> dict[str, Any]:
     from gateway.runtime import run_in_services
 
-    return run_in_services(lambda services: _run(services.datasets, version_id))
+    return run_in_services(lambda services: _run(services, version_id))
 
 
-async def _run(service: DatasetService, version_id: str) -> dict[str, Any]:
+async def _run(services: Any, version_id: str) -> dict[str, Any]:
+    service: DatasetService = services.datasets
     row = await service.claim(version_id)
     if row is None:
         return {"id": version_id, "status": "skipped"}
@@ -58,9 +62,19 @@ async def _run(service: DatasetService, version_id: str) -> dict[str, Any]:
     def progress(stage: str, done: float) -> None:
         latest.update(stage=stage, done=done)
 
+    paraphrase = None
+    if "paraphrase" in config.augment:
+        principal = await services.identity.principal_for(row.owner)
+        if principal is None:
+            await service.fail(version_id, "the registrant is no longer active; paraphrasing acts with their rights")
+            return {"id": version_id, "status": "failed"}
+        await services.models.ensure_loaded(config.augment_model or "")  # a worker loads only what its jobs call
+        paraphrase = _paraphraser(services, RequestContext.for_principal(principal, priority="batch"),
+                                  config.augment_model or "", asyncio.get_running_loop())
+
     job = asyncio.ensure_future(asyncio.to_thread(
         run_pipeline, source, config, store=service.store, sealer=KeyringSealer(keyring, version_id),
-        version_id=version_id, pseudonym=pseudonym, progress=progress))
+        version_id=version_id, pseudonym=pseudonym, progress=progress, paraphrase=paraphrase))
     written: dict[str, Any] = {}
     while not job.done():
         await asyncio.wait({job}, timeout=1.0)
@@ -81,6 +95,22 @@ async def _run(service: DatasetService, version_id: str) -> dict[str, Any]:
     manifest = {"version": result.manifest.version, "shards": result.manifest.shards}
     await service.finish(version_id, result.card, manifest, result.manifest.digest)
     return {"id": version_id, "status": "ready", "digest": result.manifest.digest}
+
+
+def _paraphraser(services: Any, ctx: RequestContext, alias: str,
+                 loop: asyncio.AbstractEventLoop) -> Callable[[str], str]:
+    """``paraphrase(text)`` for the pipeline thread: one call through the gateway's inference entry point, as the
+    requester (authorised against their policy and model scope, rate-limited, audited with origin "task")."""
+    from gateway.inference.base import GenerationRequest, SamplingParams
+
+    def paraphrase(text: str) -> str:
+        req = GenerationRequest(request_id=new_request_id(), params=SamplingParams(max_tokens=512, temperature=0.7),
+                                messages=[{"role": "system", "content": PARAPHRASE_PROMPT},
+                                          {"role": "user", "content": text}])
+        call = asyncio.run_coroutine_threadsafe(services.inference.generate(ctx, alias, req), loop)
+        return call.result(timeout=services.settings.request_timeout_s + 10).result.text.strip()
+
+    return paraphrase
 
 
 def _source(service: DatasetService, input_ref: str) -> Source | Path:
