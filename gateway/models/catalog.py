@@ -166,10 +166,13 @@ class ModelCatalog:
         _log.info("models seeded", aliases=sorted(self.entries))
 
     def _serves(self, st: AliasState) -> bool:
-        """An alias with a version; one the current models file no longer names stays in the table, unserved."""
+        """An alias with a version; one the current models file no longer names stays in the table, unserved.
+
+        A canary is always set by a person through the registry, so it is served whatever its version's source
+        (an upstream endpoint from the models file can be the canary of another alias)."""
         if st.spec is None or st.version_id is None:
             return False
-        return st.source != "models-file" or st.name in self._seeded
+        return st.source != "models-file" or st.name in self._seeded or st.name.endswith(CANARY_SUFFIX)
 
     def start_loading(self) -> None:
         """Build every alias's backends in the background (the gateway); remote backends are ready at once."""
