@@ -3,7 +3,11 @@
 past the limit, the catalog's watcher ends it (all traffic back to production), the audit trail holds the
 numbers, and later requests all go to production. Never a promotion.
 
-Real (SQLite) registry and audit chain, real HTTP to the fake upstreams; about 10 s.
+The same through a real ``palisade serve`` process: thresholds set with ``PUT /admin/aliases/chat/canary``, the
+numbers read with ``GET /admin/aliases/chat/canary`` (an app key is refused), requests through
+``/v1/chat/completions``.
+
+Real (SQLite) registry and audit chain, real HTTP to the fake upstreams; about 10 s + 20 s.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -30,8 +35,11 @@ from gateway.models.spec import ModelSpec
 from gateway.settings import Settings
 from tests.integration.test_model_registry import person, settle, tags
 from tests.support.fake_upstreams import serve_fake
+from tests.support.people import login
+from tests.support.server import GatewayProcess, base_env, create_key
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# the fixtures' tasks (audit writer, router health) live on the session loop: run the test on it too
+on_session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
@@ -63,6 +71,7 @@ async def call(router: Router, i: int) -> tuple[str, str | None]:
         return f"error:{exc.status_code}", None
 
 
+@on_session_loop
 async def test_failing_canary_is_rolled_back_automatically(replica) -> None:
     db, router, catalog = replica
     registry = catalog.registry
@@ -120,3 +129,60 @@ async def test_failing_canary_is_rolled_back_automatically(replica) -> None:
         assert report.verdict == "no-canary" and report.production.version == production
         assert report.production.requests >= 40 and report.production.errors == 0
         assert not any(t == Tag.MODEL_PROMOTE for t, _ in await tags(db))  # rolled back, never promoted
+
+
+def test_thresholds_and_numbers_over_http(tmp_path: Path) -> None:
+    with serve_fake("ok", "openai") as good, serve_fake("error500", "openai") as bad:
+        models = tmp_path / "models.yaml"
+        models.write_text(f"""
+models:
+  - alias: chat
+    backend: openai
+    url: {good.url}
+    upstream_model: m
+  - alias: chat-next
+    backend: openai
+    url: {bad.url}
+    upstream_model: m
+""")
+        env = base_env(tmp_path, PALISADE_MODELS_FILE=str(models), PALISADE_HEALTH_INTERVAL_S="60",
+                       PALISADE_CANARY_CHECK_S="0.5", PALISADE_LOGIN_SLOWDOWN_AFTER="1000")
+        key = create_key(env, "canary-app")
+        gw = GatewayProcess(env, tmp_path / "gw.log").start(ready=False)
+        try:
+            approver = login(gw, env, "approver")
+            shown = httpx.get(f"{gw.url}/admin/models/chat-next", headers=approver, timeout=10).json()
+            candidate = shown["aliases"][0]["version"]
+            r = httpx.put(f"{gw.url}/admin/aliases/chat/canary", headers=approver, timeout=30, json={
+                "version": candidate, "percent": 50, "max_error_rate": 0.1, "min_requests": 10})
+            assert r.status_code == 200, r.text
+            assert r.json()["thresholds"] == {"max_error_rate": 0.1, "max_p99_ratio": None, "min_requests": 10,
+                                              "auto": "rollback"}
+            bad_body = httpx.put(f"{gw.url}/admin/aliases/chat/canary", headers=approver, timeout=10,
+                                 json={"version": candidate, "percent": 50, "max_error_rate": 2})
+            assert bad_body.status_code == 400, bad_body.text
+            app = {"Authorization": f"Bearer {key}"}
+            assert httpx.get(f"{gw.url}/admin/aliases/chat/canary", headers=app, timeout=10).status_code == 403
+
+            statuses: list[int] = []
+            deadline = time.monotonic() + 40
+            while True:
+                report = httpx.get(f"{gw.url}/admin/aliases/chat/canary", headers=approver, timeout=10).json()
+                if report["verdict"] == "no-canary":
+                    break
+                assert time.monotonic() < deadline, (report, gw.log()[-3000:])
+                assert report["thresholds"]["max_error_rate"] == 0.1 and report["canary"]["version"] == candidate
+                for _ in range(5):
+                    r = httpx.post(f"{gw.url}/v1/chat/completions", headers=app, timeout=30, json={
+                        "model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+                    statuses.append(r.status_code)
+            assert 502 in statuses or 503 in statuses, statuses
+            assert report["production"]["requests"] > 0 and report["canary"] is None
+            for _ in range(20):
+                r = httpx.post(f"{gw.url}/v1/chat/completions", headers=app, timeout=30, json={
+                    "model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+                assert r.status_code == 200, r.text
+            history = httpx.get(f"{gw.url}/admin/models/chat", headers=approver, timeout=10).json()
+            assert all(a["version"] != candidate for a in history["aliases"] if a["alias"] == "chat")
+        finally:
+            gw.stop()
