@@ -83,3 +83,42 @@ def test_thresholds_round_trip_and_validation() -> None:
     assert CanaryThresholds.load(limits.dump()) == limits and CanaryThresholds.load(None) is None
     with pytest.raises(msgspec.ValidationError):
         CanaryThresholds.load({"max_error_rate": 1.5})
+
+
+async def test_router_counts_each_finished_request_per_version(tmp_path) -> None:
+    """Non-streaming and streaming requests, 5xx failures, a 4xx (not counted), and a canary share that fell back
+    to production because no canary endpoint was usable (counted as a canary error, untimed)."""
+    from gateway.errors import ApiError, BadRequest
+    from gateway.inference.base import GenerationRequest, SamplingParams
+    from gateway.inference.openai_upstream import OpenAIBackend
+    from gateway.inference.router import Router
+    from gateway.settings import Settings
+    from tests.support.fake_upstreams import serve_fake
+
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", health_interval_s=60.0,
+                        breaker_failures=2, breaker_reset_s=30)
+    router = Router(settings, max_retries=0)
+    with serve_fake("ok", "openai", max_input_chars=50) as good, serve_fake("error500", "openai") as bad:
+        router.set_route("chat", [OpenAIBackend(good.url, name="good", upstream_model="m")], version="v1")
+        router.set_route("chat@canary", [OpenAIBackend(bad.url, name="bad", upstream_model="m")], version="v2")
+        router.set_canary("chat", percent=100)
+
+        def request(text: str = "hi") -> GenerationRequest:
+            return GenerationRequest("r", SamplingParams(max_tokens=4), prompt=text)
+
+        try:
+            await router.generate("chat", request())
+            async for _ in router.stream("chat", request()):
+                pass
+            with pytest.raises(BadRequest):  # too long for the upstream: the request's fault
+                await router.generate("chat", request("x" * 200))
+            for _ in range(2):  # two failures open the canary's breaker
+                assert router.route_for("chat", key="k") == "chat@canary"
+                with pytest.raises(ApiError):
+                    await router.generate("chat@canary", request())
+            assert router.route_for("chat", key="k") == "chat"  # its share falls back to production
+        finally:
+            await router.close()
+    prod, canary = router.stats.window("chat", "v1"), router.stats.window("chat", "v2")
+    assert (prod.requests, prod.errors) == (2, 0) and prod.p99_ms is not None
+    assert (canary.requests, canary.errors, canary.error_rate) == (3, 3, 1.0)
