@@ -477,7 +477,8 @@ class Router:
         version = self._pool(alias).version
         started = time.perf_counter()
         try:
-            ep, trial = await self._next_endpoint(alias, set(), None)
+            with tracing.span("routing", model=alias, attempt=0):
+                ep, trial = await self._next_endpoint(alias, set(), None)
         except ApiError as exc:
             if exc.status_code >= 500:
                 self.observe(alias, version, started, error=True)
