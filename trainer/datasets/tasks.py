@@ -22,6 +22,7 @@ from gateway.context import RequestContext, new_request_id
 from gateway.datasets.service import DatasetService
 from gateway.datasets.shards import KeyringSealer
 from gateway.datasets.uploads import open_upload
+from gateway.observability import tracing
 from trainer.datasets.augment import PARAPHRASE_PROMPT
 from trainer.datasets.ingest import IngestError, Source
 from trainer.datasets.pii import HmacPseudonymiser
@@ -58,8 +59,10 @@ async def _run(services: Any, version_id: str) -> dict[str, Any]:
                                                 .split(":", 1)[1]))
 
     latest: dict[str, Any] = {}
+    phases = tracing.Phases("dataset", version=version_id)  # a span per stage, children of the task's span
 
     def progress(stage: str, done: float) -> None:
+        phases.enter(stage)
         latest.update(stage=stage, done=done)
 
     paraphrase = None
@@ -81,6 +84,7 @@ async def _run(services: Any, version_id: str) -> dict[str, Any]:
         if latest and latest != written:
             written = dict(latest)
             await service.set_progress(version_id, written)
+    phases.close()
     try:
         result = job.result()
     except IngestError as exc:

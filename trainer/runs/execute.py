@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.events import AuditEvent, Tag
+from gateway.observability import tracing
 from gateway.runs.service import row_digest
 from trainer.evaluate import gates as gatelib
 from trainer.runs.candidate import candidate_info, register_candidate
@@ -107,9 +108,12 @@ class RunExecutor:
 
     async def _train(self, run) -> dict[str, Any]:
         run_id = run.id
+        phases = tracing.Phases("training", run=run_id, method=run.method)  # prepare -> train -> evaluate+register
+        phases.enter("prepare")
         try:
             run_dir = self._prepare_dir(run)
         except (LookupError, ValueError, OSError) as exc:
+            phases.close()
             await self.store.finish(run_id, "failed", error=str(exc))
             await self._audit(Tag.RUN_FINISH, run_id, status="failed", reason=str(exc))
             return {"run": run_id, "status": "failed"}
@@ -135,6 +139,7 @@ class RunExecutor:
             state["ours"], state["cancel"] = await self.store.heartbeat(run_id)
             return state["ours"]
 
+        phases.enter("train")
         process = TrainingProcess(run_dir, gpus=self.gpus)
         process.start()
         code = await supervise(process, on_event=on_event, heartbeat=heartbeat,
@@ -142,8 +147,13 @@ class RunExecutor:
                                heartbeat_s=self.heartbeat_s)
         await flush()
         if not state["ours"]:
+            phases.close()
             return {"run": run_id, "skipped": True, "status": "lease lost"}
-        return await self._finish(run, run_dir, code, state)
+        phases.enter("evaluate")
+        try:
+            return await self._finish(run, run_dir, code, state)
+        finally:
+            phases.close()
 
     async def _finish(self, run, run_dir: Path, code: int, state: dict) -> dict[str, Any]:
         run_id = run.id
