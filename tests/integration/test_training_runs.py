@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.context import Principal, RequestContext
 from gateway.db.base import utcnow
+from gateway.db.runs import TrainingRun, TrainingRunEvent
 from gateway.errors import ApiError, Conflict, Forbidden, NotFound
-from gateway.runs.models import TrainingRun, TrainingRunEvent
 from gateway.runs.service import TASK_RUN, Gate, RunCreate, RunService
 from tests.support.server import ROOT, base_env
 from tests.support.training_data import chat_rows, insert_dataset_versions
