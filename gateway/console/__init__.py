@@ -16,7 +16,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.authz.actions import Action
-from gateway.console import account, audit, dashboard, datasets, limits, models, policies, principals, signin
+from gateway.console import account, audit, dashboard, datasets, limits, models, policies, principals, runs, signin
 from gateway.console.access import PROVIDE_UI
 from gateway.console.security import CONSOLE_EXCEPTION_HANDLERS, HEADERS, secure
 
@@ -38,7 +38,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 console_router = Router(
     path="/console",
     route_handlers=[*signin.ROUTES, *account.ROUTES, *dashboard.ROUTES, *principals.ROUTES, *policies.ROUTES,
-                    *limits.ROUTES, *audit.ROUTES, *models.ROUTES, *datasets.ROUTES],
+                    *limits.ROUTES, *audit.ROUTES, *models.ROUTES, *datasets.ROUTES, *runs.ROUTES],
     dependencies={"ui": PROVIDE_UI},
     after_request=secure,
     exception_handlers=CONSOLE_EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -74,6 +74,7 @@ NAV = (
     NavItem("/console/policies", "Policies", Action.POLICY_READ),
     NavItem("/console/limits", "Limits", Action.LIMIT_READ),
     NavItem("/console/datasets", "Datasets", Action.DATASET_READ),
+    NavItem("/console/runs", "Training", Action.RUN_READ),
     NavItem("/console/models", "Models", Action.MODEL_READ),
     NavItem("/console/audit", "Audit", Action.AUDIT_READ),
     NavItem("/console/account", "My account", Action.SELF_READ),

@@ -60,7 +60,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
         models = tmp / "models.yaml"
         models.write_text(f"models:\n  - alias: mock\n    backend: openai\n    url: {upstream.url}\n"
                           "    upstream_model: fake-model\n")
-        env = base_env(tmp, PALISADE_MODELS_FILE=str(models))
+        # the embedded Celery worker beside the server processes the uploaded dataset
+        env = base_env(tmp, PALISADE_MODELS_FILE=str(models), PALISADE_SERVE_WORKER="true")
         gw = GatewayProcess(env, tmp / "gw.log").start()
         try:
             yield gw, env
@@ -296,8 +297,10 @@ def test_promote_a_model_with_step_up(server, admin, people, tiny_model_dir) -> 
     assert "promote" in history and "user:" in history
 
 
-def test_dataset_upload_goes_to_its_live_page(browser, server, people, tmp_path) -> None:
-    """The file streams to the API (encrypted as it arrives); the page then polls the pipeline's progress."""
+def test_dataset_then_run_each_approved_by_a_second_person(browser, server, admin, people, tmp_path) -> None:
+    """An engineer uploads a dataset (streamed to the API, encrypted as it arrives) and follows the pipeline live;
+    the admin approves it; the engineer requests a run; the admin approves the run (four eyes, step-up inline),
+    then cancels it (this test does not wait for training)."""
     gw, _ = server
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
@@ -310,15 +313,41 @@ def test_dataset_upload_goes_to_its_live_page(browser, server, people, tmp_path)
     eng.fill("#d-purpose", "fine-tune the support assistant")
     eng.click("form[hx-post='/admin/datasets'] button[type=submit]")
     eng.wait_for_url(re.compile(r"/console/datasets/[0-9a-f]+$"))
-    status = eng.locator("#progress strong").inner_text()
-    assert status in ("processing", "ready", "failed")
-    if status == "processing":  # the fragment asks again every 2 s while the pipeline runs
-        assert eng.locator("#progress").get_attribute("hx-trigger") == "every 2s"
-        with eng.expect_response(re.compile(r"/progress$")):
-            pass
+    dataset_id = eng.url.rsplit("/", 1)[1]
     assert "support-chats" in eng.locator("h1").inner_text()
-    shot(eng, "dataset-page")
+    eng.wait_for_selector("#progress strong:text-is('ready')", timeout=150_000)  # polled every 2 s
+    shot(eng, "dataset-ready")
+    assert eng.locator("#decide-h").count() == 0  # an engineer may not decide on datasets at all
+    admin.goto(f"/console/datasets/{dataset_id}")
+    admin.fill("#dec-reason", "card checked")
+    step_up_if_asked(admin, "#mfa-decide", people["admin"])
+    admin.click("#decide-h ~ form button:text-is('Approve')")
+    admin.wait_for_selector("#decide-result [role=status], #decide-result [role=alert]")
+    assert "approved" in admin.locator("#decide-result").inner_text(), admin.locator("#decide-result").inner_text()
+    eng.goto("/console/runs")
+    eng.fill("#r-dataset", dataset_id)
+    eng.select_option("#r-method", "sft-lora")
+    eng.fill("#r-max_steps", "2")
+    eng.click("form[hx-post='/console/runs'] button[type=submit]")
+    eng.wait_for_selector("#run-created a")
+    run_url = eng.locator("#run-created a").get_attribute("href")
     ctx.close()
+    admin.goto(run_url)
+    assert "awaiting_approval" in admin.locator("main").inner_text()
+    step_up_if_asked(admin, "#mfa-approve", people["admin"])
+    admin.click("form[hx-post$='/approve'] button[type=submit]")
+    admin.wait_for_selector("#approve-result [role=status], #approve-result [role=alert]")
+    assert "Approved" in admin.locator("#approve-result").inner_text(), admin.locator("#approve-result").inner_text()
+    shot(admin, "run-approved")
+    admin.reload()
+    if admin.locator("button:text-is('Cancel run')").count():  # still queued or running: stop it
+        admin.on("dialog", lambda d: d.accept())
+        admin.click("button:text-is('Cancel run')")
+        admin.wait_for_selector("#cancel-result [role=status], #cancel-result [role=alert]")
+        # cancelled, or the worker finished it in the meantime (a finished run cannot be cancelled)
+        assert re.search(r"cancel|succeeded|failed|finished", admin.locator("#cancel-result").inner_text())
+    else:  # the worker already finished it (no base model is installed here)
+        assert re.search(r"Status\s+(succeeded|failed|cancelled)", admin.locator("main").inner_text())
 
 
 def test_a_viewer_cannot_reach_admin_pages(browser, server, people) -> None:
@@ -328,7 +357,7 @@ def test_a_viewer_cannot_reach_admin_pages(browser, server, people) -> None:
     assert [a.inner_text() for a in page.locator("nav[aria-label=Main] a").all()] == ["My account"]
     for path in ("/console/dashboard", "/console/keys", "/console/people", "/console/apps", "/console/policies",
                  "/console/limits", "/console/audit", "/console/audit/public-key", "/console/models",
-                 "/console/datasets"):
+                 "/console/datasets", "/console/runs"):
         response = page.goto(path)
         assert response.status == 403, path
         assert "Not allowed" in page.locator("h1").inner_text()
@@ -374,7 +403,7 @@ def test_no_serious_accessibility_violation_on_any_page(browser, server, admin) 
     pages = ["/console/login", "/console/dashboard", "/console/people", "/console/apps", "/console/keys",
              "/console/policies", "/console/policies/1", "/console/limits", "/console/audit",
              "/console/audit/status", "/console/audit/records/1", "/console/account", "/console/models",
-             "/console/models/tiny", "/console/datasets", "/console/nowhere"]
+             "/console/models/tiny", "/console/datasets", "/console/runs", "/console/nowhere"]
     problems = {}
     for path in pages:
         page.goto(path)
