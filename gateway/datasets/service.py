@@ -9,7 +9,9 @@ and never an ASGI connection, so the API, the CLI and the worker share them.
   ``ready`` version; the decision is bound to the content digest (a stated ``digest`` must match it), and a
   flagged bias report blocks approval unless the approver waives it (the waiver is its own audit event).
 * delete: shards and quarantine removed from the store, the upload too; rows and audit trail stay (marked
-  deleted), so "which data did this run use" is still answerable.
+  deleted), so "which data did this run use" is still answerable. Every training run that used the version is
+  marked (``reproducibility.dataset_deleted_at`` and a ``dataset_deleted`` run event): its model was trained on
+  data that has since been erased, which a retention or erasure review must be able to find.
 * :func:`iter_records`: the read side for training runs: only an approved version whose digest still matches.
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import String, column, func, select, table
 
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.stepup import has_fresh_mfa
@@ -34,7 +36,7 @@ from gateway.context import RequestContext
 from gateway.datasets.shards import KeyringSealer, Manifest, iter_split
 from gateway.datasets.storage import ObjectStore, store_from_url
 from gateway.datasets.uploads import UploadWriter
-from gateway.db.base import new_id, utcnow
+from gateway.db.base import JSONType, UTCDateTime, new_id, utcnow
 from gateway.db.datasets import CLASSIFICATIONS, Dataset, DatasetApproval, DatasetVersion
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 
@@ -345,11 +347,12 @@ class DatasetService:
                 DatasetVersion.id != row.id))).scalar_one()
             if remaining == 0:
                 dataset.deleted_at = utcnow()
+            runs = await mark_runs_of_deleted(s, row.id, row.deleted_at, ctx.principal.id)
         removed = self.store.delete_prefix(row.id)
         self.discard_upload(input_ref)
         await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_DELETE, target=f"dataset-version:{row.id}",
                                               objects_removed=removed, digest=row.content_digest,
-                                              status=row.status))
+                                              status=row.status, runs_marked=runs))
         return await self.get(ctx, version_id)
 
     def discard_upload(self, input_ref: str | None) -> None:
@@ -446,6 +449,32 @@ async def iter_records(service: DatasetService, version_id: str, split: str = "t
 
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+
+# The runs domain's tables, by name (as the runs domain reads ``dataset_versions``): neither imports the other.
+_runs = table("training_runs", column("id", String), column("dataset_id", String),
+              column("reproducibility", JSONType), column("updated_at", UTCDateTime()))
+_run_events = table("training_run_events", column("run_id", String), column("at", UTCDateTime()),
+                    column("type", String), column("data", JSONType))
+
+
+async def mark_runs_of_deleted(s: Any, version_id: str, when: Any, actor: str) -> list[str]:
+    """Mark every training run of ``version_id`` as trained on erased data: ``reproducibility`` gains
+    ``dataset_deleted_at`` (and who deleted it), and the run's event log a ``dataset_deleted`` event. No migration:
+    ``reproducibility`` is already a JSON column. Returns the run ids (for the audit event); none when the runs
+    tables are not installed."""
+    try:
+        async with s.begin_nested():
+            rows = (await s.execute(select(_runs.c.id, _runs.c.reproducibility)
+                                    .where(_runs.c.dataset_id == version_id))).all()
+    except Exception:  # noqa: BLE001 - no runs tables (datasets without training): nothing to mark
+        return []
+    at = when.isoformat()
+    for run_id, repro in rows:
+        marked = {**(repro or {}), "dataset_deleted_at": at, "dataset_deleted_by": actor}
+        await s.execute(_runs.update().where(_runs.c.id == run_id).values(reproducibility=marked, updated_at=when))
+        await s.execute(_run_events.insert().values(run_id=run_id, at=when, type="dataset_deleted",
+                                                    data={"dataset": version_id, "deleted_at": at}))
+    return [r for r, _ in rows]
 
 
 def _sees_all(ctx: RequestContext) -> bool:
