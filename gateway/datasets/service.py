@@ -18,6 +18,7 @@ and never an ASGI connection, so the API, the CLI and the worker share them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from sqlalchemy import String, column, func, select, table
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.stepup import has_fresh_mfa
 from gateway.context import RequestContext
+from gateway.datasets.evalsets import matches, write_jsonl
 from gateway.datasets.shards import KeyringSealer, Manifest, iter_split
 from gateway.datasets.storage import ObjectStore, store_from_url
 from gateway.datasets.uploads import UploadWriter
@@ -46,7 +48,11 @@ PII_METHODS = ("redact", "mask", "pseudonymise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEES_ALL = ("admin", "approver")
 #: pipeline settings a request may tune (``--config FILE``), validated by the worker
-CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max")
+CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max",
+                   "augment_pivot", "synthetic", "tags")
+AUGMENT = ("counterfactual", "paraphrase", "backtranslate", "synthetic")
+#: augmentation that calls a served model (``augment_model``) with the registrant's rights
+MODEL_AUGMENT = ("paraphrase", "backtranslate", "synthetic")
 
 
 class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,7 +69,8 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pii: str = "redact"
     on_error: str = "fail"
     augment: list[str] = msgspec.field(default_factory=list)
-    #: the model alias paraphrases come from (``augment: paraphrase``), called with the registrant's rights
+    #: the model alias paraphrases, back-translations and synthetic rows come from, called with the registrant's
+    #: rights
     augment_model: str | None = None
     validation_fraction: float = 0.1
     tokenizer: str | None = None
@@ -80,10 +87,11 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for param, value, allowed in checks:
             if value not in allowed:
                 raise BadRequest(f"{param} must be one of {', '.join(allowed)}", param=param)
-        if any(a not in ("counterfactual", "paraphrase") for a in self.augment):
-            raise BadRequest("augment: counterfactual or paraphrase", param="augment")
-        if "paraphrase" in self.augment and not self.augment_model:
-            raise BadRequest("augment paraphrase needs augment_model (a model alias you may use)",
+        if any(a not in AUGMENT for a in self.augment):
+            raise BadRequest(f"augment: one of {', '.join(AUGMENT)}", param="augment")
+        needs_model = [a for a in self.augment if a in MODEL_AUGMENT]
+        if needs_model and not self.augment_model:
+            raise BadRequest(f"augment {needs_model[0]} needs augment_model (a model alias you may use)",
                              param="augment_model")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BadRequest("validation_fraction must be within [0, 1)", param="validation_fraction")
@@ -283,6 +291,34 @@ class DatasetService:
         await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_QUARANTINE_READ, target=f"dataset-version:{row.id}",
                                               reasons={k: len(v) for k, v in samples.items()}))
         return {"id": row.id, "removed": seen, "samples": samples}
+
+    async def export(self, ctx: RequestContext, version_id: str, out: Path | None = None, *,
+                     split: str = "validation", label: str | None = None, tag: str | None = None,
+                     include_synthetic: bool = False, limit: int = 100_000) -> tuple[int, list[dict[str, Any]]]:
+        """The records of ``split`` with ``label``/``tag`` (an evaluation set), at most ``limit``: written as JSONL
+        to ``out`` (0600, atomically; the CLI) or returned (the API). The version must be ready or approved and
+        not deleted. Audited (the selection and the count, never content). Returns ``(count, rows)``; rows are
+        empty when written to ``out``."""
+        if split not in ("train", "validation"):
+            raise BadRequest("split must be train or validation", param="split")
+        async with self.db.session() as s:
+            row, _ = await self._visible(ctx, version_id, s)
+        if row.deleted_at is not None or row.status not in ("ready", "approved") or not row.manifest:
+            raise Conflict(f"dataset version {version_id} is {'deleted' if row.deleted_at else row.status}; "
+                           "only a ready or approved version can be exported", code="dataset_not_exportable")
+        manifest = Manifest(version=row.id, shards=row.manifest.get("shards", []))
+        selected = (r for r in iter_split(self.store, KeyringSealer(self.keyring, row.id), manifest, split)
+                    if matches(r, tag=tag, label=label, include_synthetic=include_synthetic))
+        records = itertools.islice(selected, limit)
+        if out is not None:
+            count, rows = await asyncio.to_thread(write_jsonl, records, out), []
+        else:
+            rows = await asyncio.to_thread(list, records)
+            count = len(rows)
+        await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_EXPORT, target=f"dataset-version:{row.id}",
+                                              split=split, label=label, tag=tag, synthetic=include_synthetic,
+                                              records=count, digest=row.content_digest))
+        return count, rows
 
     # --- governance ------------------------------------------------------------------------------------------
     async def approve(self, ctx: RequestContext, version_id: str, decision: Decision) -> DatasetView:

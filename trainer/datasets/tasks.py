@@ -22,7 +22,6 @@ from gateway.context import RequestContext, new_request_id
 from gateway.datasets.service import DatasetService
 from gateway.datasets.shards import KeyringSealer
 from gateway.datasets.uploads import open_upload
-from trainer.datasets.augment import PARAPHRASE_PROMPT
 from trainer.datasets.ingest import IngestError, Source
 from trainer.datasets.pii import HmacPseudonymiser
 from trainer.datasets.pipeline import PipelineConfig, run_pipeline
@@ -62,19 +61,20 @@ async def _run(services: Any, version_id: str) -> dict[str, Any]:
     def progress(stage: str, done: float) -> None:
         latest.update(stage=stage, done=done)
 
-    paraphrase = None
-    if "paraphrase" in config.augment:
+    ask = None
+    if {"paraphrase", "backtranslate", "synthetic"} & set(config.augment):
         principal = await services.identity.principal_for(row.owner)
         if principal is None:
-            await service.fail(version_id, "the registrant is no longer active; paraphrasing acts with their rights")
+            await service.fail(version_id, "the registrant is no longer active; model augmentation acts with "
+                                           "their rights")
             return {"id": version_id, "status": "failed"}
         await services.models.ensure_loaded(config.augment_model or "")  # a worker loads only what its jobs call
-        paraphrase = _paraphraser(services, RequestContext.for_principal(principal, priority="batch"),
-                                  config.augment_model or "", asyncio.get_running_loop())
+        ask = _asker(services, RequestContext.for_principal(principal, priority="batch"),
+                     config.augment_model or "", asyncio.get_running_loop())
 
     job = asyncio.ensure_future(asyncio.to_thread(
         run_pipeline, source, config, store=service.store, sealer=KeyringSealer(keyring, version_id),
-        version_id=version_id, pseudonym=pseudonym, progress=progress, paraphrase=paraphrase))
+        version_id=version_id, pseudonym=pseudonym, progress=progress, ask=ask))
     written: dict[str, Any] = {}
     while not job.done():
         await asyncio.wait({job}, timeout=1.0)
@@ -97,20 +97,21 @@ async def _run(services: Any, version_id: str) -> dict[str, Any]:
     return {"id": version_id, "status": "ready", "digest": result.manifest.digest}
 
 
-def _paraphraser(services: Any, ctx: RequestContext, alias: str,
-                 loop: asyncio.AbstractEventLoop) -> Callable[[str], str]:
-    """``paraphrase(text)`` for the pipeline thread: one call through the gateway's inference entry point, as the
-    requester (authorised against their policy and model scope, rate-limited, audited with origin "task")."""
+def _asker(services: Any, ctx: RequestContext, alias: str,
+           loop: asyncio.AbstractEventLoop) -> Callable[[str, str], str]:
+    """``ask(instruction, text)`` for the pipeline thread (paraphrase, back-translation, synthetic rows): one call
+    through the gateway's inference entry point, as the requester (authorised against their policy and model
+    scope, rate-limited, audited with origin "task")."""
     from gateway.inference.base import GenerationRequest, SamplingParams
 
-    def paraphrase(text: str) -> str:
+    def ask(instruction: str, text: str) -> str:
         req = GenerationRequest(request_id=new_request_id(), params=SamplingParams(max_tokens=512, temperature=0.7),
-                                messages=[{"role": "system", "content": PARAPHRASE_PROMPT},
+                                messages=[{"role": "system", "content": instruction},
                                           {"role": "user", "content": text}])
         call = asyncio.run_coroutine_threadsafe(services.inference.generate(ctx, alias, req), loop)
         return call.result(timeout=services.settings.request_timeout_s + 10).result.text.strip()
 
-    return paraphrase
+    return ask
 
 
 def _source(service: DatasetService, input_ref: str) -> Source | Path:
