@@ -175,6 +175,7 @@ def _safe_name(name: str) -> str:
 
 def _typed(fields: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    label_field = ""
     for key, value in fields.items():
         if key in _INT_FIELDS:
             out[key] = int(value) if value.strip() else None
@@ -188,8 +189,14 @@ def _typed(fields: dict[str, str]) -> dict[str, Any]:
             out["legal_basis"] = value
         elif key in ("on-error", "augment-model"):
             out[key.replace("-", "_")] = value
+        elif key in ("label-field", "label_field"):
+            label_field = value.strip()
         else:
             out[key] = value
+    if label_field:  # like the CLI's --label-field: the tags section of the pipeline config
+        config = out.setdefault("config", {})
+        if isinstance(config, dict):
+            config["tags"] = {**(config.get("tags") or {}), "label_field": label_field}
     return out
 
 

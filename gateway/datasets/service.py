@@ -316,7 +316,7 @@ class DatasetService:
             rows = await asyncio.to_thread(list, records)
             count = len(rows)
         await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_EXPORT, target=f"dataset-version:{row.id}",
-                                              split=split, label=label, tag=tag, synthetic=include_synthetic,
+                                              split=split, label=label, tag_filter=tag, synthetic=include_synthetic,
                                               records=count, digest=row.content_digest))
         return count, rows
 

@@ -141,3 +141,12 @@ def test_failed_calls_cost_rows_not_the_job(run):
     assert clean_labels(["ok", 3, "no\nway"]) == (["ok"], 2)
     with pytest.raises(ValueError):
         TagConfig.from_dict({"labels": [{"label": "x"}]})
+
+
+def test_markdown_shows_tags_and_labels(run):
+    from gateway.datasets.markdown import to_markdown
+
+    card, _ = run({"tags": {"label_field": "intent", "topics": {"money": ["invoice"]}}}, rows(8))
+    md = to_markdown(card)
+    assert "## Tags and labels" in md and "- labels: " in md and "billing" in md and "money" in md
+    assert "imported labels rejected" in md
