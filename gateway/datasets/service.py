@@ -157,6 +157,9 @@ class DatasetView(msgspec.Struct):
     created_at: str
     deleted: bool
     card: dict[str, Any]
+    #: per-record tag counts (source, topic, language) and label counts from the data card
+    tags: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    labels: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 @dataclass
@@ -545,4 +548,5 @@ def _view(row: DatasetVersion, dataset: Dataset, approvals: list[DatasetApproval
         approvals=[{"approver": a.approver, "decision": a.decision, "digest": a.digest, "reason": a.reason,
                     "bias_waived": a.bias_waived, "at": a.created_at.isoformat()} for a in approvals],
         created_at=row.created_at.isoformat(), deleted=row.deleted_at is not None, card=dict(row.card or {}),
+        tags=dict((row.card or {}).get("tags") or {}), labels=dict((row.card or {}).get("labels") or {}),
     )
