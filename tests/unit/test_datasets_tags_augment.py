@@ -150,3 +150,15 @@ def test_markdown_shows_tags_and_labels(run):
     md = to_markdown(card)
     assert "## Tags and labels" in md and "- labels: " in md and "billing" in md and "money" in md
     assert "imported labels rejected" in md
+
+
+def test_paraphrase_through_ask_is_scrubbed_and_tagged(run):
+    def rewrite(instruction: str, text: str) -> str:
+        assert instruction.startswith("Rewrite")
+        return "In other words, mail jane.roe@example.net: " + text
+
+    card, split = run({"augment": ["paraphrase"], "augment_model": "mock", "validation_fraction": 0.0,
+                       "tags": {"label_field": "intent"}}, rows(4), model=rewrite)
+    para = [r for r in split["train"] if r["meta"].get("augmented") == "paraphrase"]
+    assert len(para) == 5 == card["augmentation"]["added"]["paraphrase"]
+    assert "jane.roe@example.net" not in json.dumps(para) and all(r["meta"]["tags"]["language"] for r in para)
