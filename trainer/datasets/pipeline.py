@@ -66,6 +66,9 @@ class PipelineConfig:
     workers: int = 1
     #: records handled in-process before worker processes start (small jobs never pay their start-up)
     parallel_after: int = 5000
+    #: > 0: split the input into chunks of this many records, prepared (normalise + PII + filters) by several
+    #: Celery workers in parallel (a chord; ``trainer.datasets.chunks``), then finished in one pass
+    chunk_records: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> PipelineConfig:
@@ -99,6 +102,17 @@ class Stage:
 
 
 @dataclass
+class PreparedInput:
+    """What a chord's chunks hand to the finishing pass: prepared records in input order and what was counted."""
+
+    records: Iterator[tuple[Record, str | None]]
+    report: IngestReport
+    pii: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    boilerplate_lines: int = 0
+
+
+@dataclass
 class PipelineResult:
     manifest: Manifest
     card: dict[str, Any]
@@ -117,10 +131,12 @@ class _Quarantine:
 def run_pipeline(source: Path | Source, config: PipelineConfig, *, store: ObjectStore, sealer: Sealer,
                  version_id: str, pseudonym: Callable[[str, str], str] | None = None,
                  progress: Progress | None = None, paraphrase: Callable[[str], str] | None = None,
-                 ask: augment.Ask | None = None) -> PipelineResult:
+                 ask: augment.Ask | None = None, pre: PreparedInput | None = None) -> PipelineResult:
     """Process ``source`` into version ``version_id``; on failure delete whatever was stored, then re-raise.
     ``ask(instruction, text) -> answer`` calls a served model (the job supplies it; needed for ``augment:
-    paraphrase``, ``backtranslate`` and ``synthetic``); ``paraphrase(text) -> text`` is the older form."""
+    paraphrase``, ``backtranslate`` and ``synthetic``); ``paraphrase(text) -> text`` is the older form.
+    ``pre``: records already through normalise + PII + filters elsewhere (a chord's chunks), in input order,
+    with their ingest report and counters; ``source`` is then only named."""
     if paraphrase is None and ask is not None and "paraphrase" in config.augment:
         paraphrase = lambda text: ask(augment.PARAPHRASE_PROMPT, text)  # noqa: E731
     if "paraphrase" in config.augment and paraphrase is None:
@@ -130,7 +146,7 @@ def run_pipeline(source: Path | Source, config: PipelineConfig, *, store: Object
             raise ValueError(f"augment {method!r} needs a model (augment_model) and the job's inference access")
     try:
         return _run(source, config, store, sealer, version_id, pseudonym, progress or (lambda s, f: None),
-                    paraphrase, ask)
+                    paraphrase, ask, pre)
     except BaseException:
         store.delete_prefix(version_id)
         raise
@@ -138,11 +154,12 @@ def run_pipeline(source: Path | Source, config: PipelineConfig, *, store: Object
 
 def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, sealer: Sealer, version_id: str,
          pseudonym: Callable[[str, str], str] | None, progress: Progress,
-         paraphrase: Callable[[str], str] | None, ask: augment.Ask | None) -> PipelineResult:
+         paraphrase: Callable[[str], str] | None, ask: augment.Ask | None,
+         pre: PreparedInput | None = None) -> PipelineResult:
     started = time.monotonic()
     manifest = Manifest(version=version_id)
     stages = {name: Stage(name) for name in STAGES}
-    report = IngestReport(format=config.ingest.format)
+    report = pre.report if pre is not None else IngestReport(format=config.ingest.format)
     preparer = Preparer(config.pii, pseudonym, config.pii_region, config.quality)
     scrubber, quality = preparer.scrubber, preparer.quality
     exact = ExactDedup() if config.dedup.exact else None
@@ -186,8 +203,12 @@ def _run(source: Path | Source, config: PipelineConfig, store: ObjectStore, seal
     if config.tags.label_field and not ingest_config.label_field:
         ingest_config = dataclasses.replace(ingest_config, label_field=config.tags.label_field)
     progress("ingest", 0.0)
-    records = prepared(read_records(source, ingest_config, report), preparer, config.workers,
-                       serial_records=config.parallel_after)
+    if pre is not None:
+        records: Iterator[tuple[Record, str | None]] = pre.records
+        preparer.add_counters(Counter(pre.pii), Counter(pre.languages), pre.boilerplate_lines)
+    else:
+        records = prepared(read_records(source, ingest_config, report), preparer, config.workers,
+                           serial_records=config.parallel_after)
     for n, (record, reason) in enumerate(records, start=1):
         if n % 1000 == 0:
             progress("process", n)
