@@ -49,7 +49,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEES_ALL = ("admin", "approver")
 #: pipeline settings a request may tune (``--config FILE``), validated by the worker
 CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max",
-                   "augment_pivot", "synthetic", "tags")
+                   "augment_pivot", "synthetic", "tags", "chunk_records")
 AUGMENT = ("counterfactual", "paraphrase", "backtranslate", "synthetic")
 #: augmentation that calls a served model (``augment_model``) with the registrant's rights
 MODEL_AUGMENT = ("paraphrase", "backtranslate", "synthetic")
