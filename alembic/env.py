@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import create_engine, pool
 
 import gateway.db  # noqa: F401  (registers every table)
-import gateway.runs.models  # noqa: F401  (training runs)
 from alembic import context
 from gateway.db.base import Base
 from gateway.settings import Settings

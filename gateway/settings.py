@@ -110,6 +110,10 @@ class Settings:
     health_interval_s: float = setting(5.0, "Active health-check period.", "inference")
     breaker_failures: int = setting(3, "Consecutive failures that open a breaker.", "inference")
     breaker_reset_s: float = setting(10.0, "Open breaker waits this long.", "inference")
+    canary_window_s: float = setting(60.0, "Sliding window over which each replica compares a canary's "
+                                           "requests, errors and p50/p99 latency with production's.", "inference")
+    canary_check_s: float = setting(2.0, "How often a replica checks its canaries against their thresholds "
+                                         "(and rolls one back automatically when crossed).", "inference")
     # --- training: governed datasets ---------------------------------------------------------------------
     dataset_store: str = setting("", "Where encrypted dataset shards live: empty = <data_dir>/datasets, "
                                      "file://PATH or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL).", "training")

@@ -65,6 +65,8 @@ class Tag:
     MODEL_PROMOTE = "registry:alias:promote"
     MODEL_PROMOTE_DENIED = "registry:alias:promote-denied"
     MODEL_CANARY = "registry:alias:canary"
+    #: a replica's canary watcher ended a canary whose thresholds were crossed (details: both versions' numbers)
+    MODEL_CANARY_AUTO_ROLLBACK = "registry:alias:canary-auto-rollback"
     MODEL_ROLLBACK = "registry:alias:rollback"
     MODEL_GATE_OVERRIDE = "registry:version:gate-override"
     MODEL_REJECT = "registry:version:reject"

@@ -18,9 +18,9 @@ import yaml
 from gateway.audit.events import AuditEvent
 from gateway.cli.common import cli_audit, emit_json, run_db, settings_or_exit
 from gateway.context import RequestContext
+from gateway.db.runs import FINAL
 from gateway.errors import ApiError
 from gateway.jobs import JobQueue
-from gateway.runs.models import FINAL
 from gateway.runs.service import METHODS, RunCreate, RunService
 
 SET_KEYS = ("max_steps", "epochs", "learning_rate", "batch_size", "seq_len", "lora_rank")

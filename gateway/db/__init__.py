@@ -9,6 +9,7 @@ from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (r
     keys,
     policy,  # noqa: F401,E402  (register authorization + limits tables)
     registry,  # noqa: F401  (model registry: models, versions, aliases, alias history)
+    runs,  # training runs and their events
 )
 from gateway.db.base import Base
 

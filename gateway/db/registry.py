@@ -5,7 +5,8 @@ on a short poll), the API and CLI read and write the same rows, and ``alias_hist
 served this alias when". A models-file entry is a version of kind ``endpoint`` (its serving spec is the entry);
 imported and trained versions carry their artifact and the sha256 of every file, checked before every load.
 
-A canary is an alias row named ``<alias>@canary`` with ``percent`` and/or ``principals`` set.
+A canary is an alias row named ``<alias>@canary`` with ``percent`` and/or ``principals`` set, and optionally the
+thresholds past which every replica's canary watcher ends it on its own (``canary_thresholds``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class ModelAlias(IdMixin, Base):
     #: canary aliases: share of the base alias's requests (0..100), and principals always sent here
     percent: Mapped[float | None] = mapped_column(Float(), default=None)
     principals: Mapped[list] = mapped_column(default=list)
+    #: canary aliases: {"max_error_rate", "max_p99_ratio", "min_requests", "auto"}, or None (watched by hand)
+    canary_thresholds: Mapped[dict | None] = mapped_column(default=None)
     #: bumped on every change; replicas compare it to what they serve
     generation: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -97,7 +100,7 @@ class AliasHistory(IdMixin, Base):
     alias: Mapped[str] = mapped_column(String(160), index=True)
     version_id: Mapped[str | None] = mapped_column(String(32), default=None)
     previous_version_id: Mapped[str | None] = mapped_column(String(32), default=None)
-    #: seed, promote, canary, rollback
+    #: seed, promote, canary, canary-end, canary-auto-rollback, rollback
     action: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(200))
     generation: Mapped[int] = mapped_column(Integer)

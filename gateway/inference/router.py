@@ -9,6 +9,9 @@ stream's retry never moves to another version, so no stream mixes versions.
 
 A canary is the pool ``<alias>@canary`` plus a rule (:meth:`Router.set_canary`): named principals, or a share
 of requests chosen by a hash of the request id (deterministic, so a retried request lands on the same side).
+Every finished request is counted per version in :attr:`Router.stats` (requests, 5xx/backend failures, latency
+over a sliding window), so a canary can be compared with production; a request the canary rule took while no
+canary endpoint was usable counts as a canary error (it fell back to production).
 
 The router owns the backends it is given: :meth:`Router.start` starts them, removal (after drain) and
 :meth:`Router.close` close them. Backends passed to ``set_route`` after ``start`` must already be started
@@ -38,6 +41,7 @@ from gateway.inference.base import (
     GenerationResult,
     StreamDelta,
 )
+from gateway.inference.version_stats import VersionStats
 from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH
 from gateway.observability import tracing
 from gateway.settings import Settings
@@ -203,6 +207,8 @@ class Router:
         self._drains: set[asyncio.Task] = set()
         self._retired: list[_Endpoint] = []
         self._started = False
+        #: per-version requests, errors and latency over the last ``canary_window_s`` (this replica only)
+        self.stats = VersionStats(settings.canary_window_s)
 
     # ------------------------------------------------------------------ routes
     def set_route(
@@ -252,8 +258,10 @@ class Router:
         if rule is not None and rule.takes(principal, key):
             canary = alias + CANARY_SUFFIX
             pool = self._pools.get(canary)
-            if pool is not None and any(ep.usable() for ep in pool.endpoints):
-                return canary
+            if pool is not None:
+                if any(ep.usable() for ep in pool.endpoints):
+                    return canary
+                self.stats.record(alias, pool.version, None, error=True)  # its share, not served by it
         return alias
 
     def version(self, alias: str) -> str | None:
@@ -420,8 +428,24 @@ class Router:
         tried.add(id(ep))
         return ep, trial
 
+    def observe(self, pool_alias: str, version: str | None, started: float, *, error: bool) -> None:
+        """Count one finished request under its base alias (a canary pool's requests count for its alias)."""
+        self.stats.record(pool_alias.removesuffix(CANARY_SUFFIX), version, time.perf_counter() - started,
+                          error=error)
+
     async def generate(self, alias: str, req: GenerationRequest) -> GenerationResult:
-        self._pool(alias)
+        version = self._pool(alias).version
+        started = time.perf_counter()
+        try:
+            result = await self._generate(alias, req)
+        except ApiError as exc:
+            if exc.status_code >= 500:  # a 4xx is the request's fault, not the version's
+                self.observe(alias, version, started, error=True)
+            raise
+        self.observe(alias, result.model_version, started, error=False)
+        return result
+
+    async def _generate(self, alias: str, req: GenerationRequest) -> GenerationResult:
         tried: set[int] = set()
         last: ApiError | None = None
         for _attempt in range(1 + self.max_retries):
@@ -450,9 +474,16 @@ class Router:
 
     async def open_stream(self, alias: str, req: GenerationRequest) -> RouterStream:
         """Choose the endpoint now, so the version is known before the first byte (the response header)."""
-        self._pool(alias)
-        ep, trial = await self._next_endpoint(alias, set(), None)
-        return RouterStream(self, alias, req, ep, trial)
+        version = self._pool(alias).version
+        started = time.perf_counter()
+        try:
+            with tracing.span("routing", model=alias, attempt=0):
+                ep, trial = await self._next_endpoint(alias, set(), None)
+        except ApiError as exc:
+            if exc.status_code >= 500:
+                self.observe(alias, version, started, error=True)
+            raise
+        return RouterStream(self, alias, req, ep, trial, started)
 
     async def stream(self, alias: str, req: GenerationRequest) -> AsyncIterator[StreamDelta]:
         opened = await self.open_stream(alias, req)
@@ -609,8 +640,13 @@ class RouterStream:
     run its ``finally``).
     """
 
-    def __init__(self, router: Router, alias: str, req: GenerationRequest, ep: _Endpoint, trial: bool) -> None:
+    def __init__(self, router: Router, alias: str, req: GenerationRequest, ep: _Endpoint, trial: bool,
+                 started: float | None = None) -> None:
         self.version = ep.version
+        self._alias = alias
+        #: counted in the router's stats once, when the stream ends (its whole duration) or fails
+        self._started_at = started if started is not None else time.perf_counter()
+        self._observed = False
         self._router = router
         self._ep = ep
         self._trial = trial
@@ -623,7 +659,20 @@ class RouterStream:
 
     async def __anext__(self) -> StreamDelta:
         self._started = True
-        return await self._gen.__anext__()
+        try:
+            return await self._gen.__anext__()
+        except StopAsyncIteration:
+            self._observe(error=False)
+            raise
+        except ApiError as exc:
+            if exc.status_code >= 500:
+                self._observe(error=True)
+            raise
+
+    def _observe(self, *, error: bool) -> None:
+        if not self._observed:
+            self._observed = True
+            self._router.observe(self._alias, self.version, self._started_at, error=error)
 
     async def aclose(self) -> None:
         if self._closed:

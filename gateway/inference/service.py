@@ -168,6 +168,8 @@ class InferenceService:
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     result = await self.router.generate(p.target or p.alias, p.request)
             except TimeoutError as exc:
+                pool = p.target or p.alias  # the router saw a cancellation: count the timeout against the version
+                self.router.observe(pool, self.router.version(pool), p.started, error=True)
                 raise UpstreamTimeout("the model did not answer within the request timeout") from exc
             usage = result.usage
             p.served_by(result.model_version)

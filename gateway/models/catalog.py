@@ -16,6 +16,11 @@ blue/green in the background:
    endpoints, which the router closes (frees) once drained.
 A failure at any step closes what was built and leaves the old version serving; it is audited once and not
 retried until the alias changes again. A canary is the alias ``<alias>@canary`` plus the router's rule.
+
+Canary watch (:meth:`ModelCatalog.check_canaries`, every ``canary_check_s`` in a serving process): a canary set
+with thresholds is judged on this replica's window of both versions (``gateway.models.canary``); on a breach the
+registry ends it (the first replica to decide wins, the others find it already ended), audited and published on
+the change feed, so every replica stops routing to it. Only rollback is automatic, never promotion.
 """
 
 from __future__ import annotations
@@ -30,15 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.db.base import utcnow
 from gateway.db.session import Database
+from gateway.errors import NotFound
 from gateway.inference.base import Backend, GenerationRequest, SamplingParams
 from gateway.inference.factory import build_backends
 from gateway.inference.router import CANARY_SUFFIX, Router
 from gateway.models.artifacts import ArtifactError, load_trusted_keys
+from gateway.models.canary import CanaryReport, CanaryThresholds, judge, p99_ratio, verdict
 from gateway.models.service import Publish, Registry
 from gateway.models.spec import ModelSpec
 from gateway.models.views import AliasState
@@ -118,6 +126,9 @@ class ModelCatalog:
         self._seeded: set[str] = set()
         #: base alias -> (percent, principals) of its canary, as the registry says
         self._rules: dict[str, tuple[float, tuple[str, ...]]] = {}
+        #: base alias -> the thresholds set with its canary (absent: watched by hand)
+        self._limits: dict[str, CanaryThresholds] = {}
+        self._watch: asyncio.Task[None] | None = None
         self._closing = False
 
     # ------------------------------------------------------------------ reading
@@ -155,15 +166,20 @@ class ModelCatalog:
         _log.info("models seeded", aliases=sorted(self.entries))
 
     def _serves(self, st: AliasState) -> bool:
-        """An alias with a version; one the current models file no longer names stays in the table, unserved."""
+        """An alias with a version; one the current models file no longer names stays in the table, unserved.
+
+        A canary is always set by a person through the registry, so it is served whatever its version's source
+        (an upstream endpoint from the models file can be the canary of another alias)."""
         if st.spec is None or st.version_id is None:
             return False
-        return st.source != "models-file" or st.name in self._seeded
+        return st.source != "models-file" or st.name in self._seeded or st.name.endswith(CANARY_SUFFIX)
 
     def start_loading(self) -> None:
         """Build every alias's backends in the background (the gateway); remote backends are ready at once."""
         for alias in list(self.entries):
             self._task_for(alias)
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_canaries(), name="canary-watch")
 
     async def ensure_loaded(self, alias: str) -> None:
         """Load one alias now if nothing has yet (a worker loads only the models its jobs call)."""
@@ -259,7 +275,12 @@ class ModelCatalog:
 
     def _note_rule(self, st: AliasState) -> None:
         if st.name.endswith(CANARY_SUFFIX) and st.version_id is not None:
-            self._rules[st.name.removesuffix(CANARY_SUFFIX)] = (st.percent, st.principals)
+            base = st.name.removesuffix(CANARY_SUFFIX)
+            self._rules[base] = (st.percent, st.principals)
+            if st.thresholds is not None:
+                self._limits[base] = st.thresholds
+            else:
+                self._limits.pop(base, None)
 
     def _apply_canary_rule(self, alias: str) -> None:
         """The router sends a share to ``<alias>@canary`` only while that canary is loaded here."""
@@ -277,6 +298,7 @@ class ModelCatalog:
         self.router.remove_route(name)
         self.entries.pop(name, None)
         self._rules.pop(base, None)
+        self._limits.pop(base, None)
         task = self._loads.pop(name, None)
         if task is not None:
             task.cancel()
@@ -314,6 +336,56 @@ class ModelCatalog:
             await self._event(Tag.MODEL_SWAP, st.name, st.version_id, previous=previous, seconds=seconds,
                               learned_after_s=learned, replica=_REPLICA)
 
+    # ------------------------------------------------------------------ canary watch
+    async def _watch_canaries(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.settings.canary_check_s)
+            try:
+                await self.check_canaries()
+            except Exception:  # never let the watch die; the next round looks again
+                _log.exception("canary check failed")
+
+    async def check_canaries(self) -> list[str]:
+        """End every canary (served here) whose thresholds this replica's window shows crossed; the aliases."""
+        ended: list[str] = []
+        for base, limits in list(self._limits.items()):
+            canary, production = self.entries.get(base + CANARY_SUFFIX), self.entries.get(base)
+            if limits.auto != "rollback" or canary is None or canary.state != "ready" or canary.version is None:
+                continue
+            ours = self.router.stats.window(base, canary.version)
+            theirs = self.router.stats.window(base, production.version if production else None)
+            breach = judge(limits, ours, theirs)
+            if breach is None:
+                continue
+            numbers = {"canary": msgspec.to_builtins(ours), "production": msgspec.to_builtins(theirs),
+                       "p99_ratio": p99_ratio(ours, theirs), "thresholds": limits.dump(),
+                       "window_s": self.router.stats.window_s, "replica": _REPLICA}
+            if await self.registry.end_canary_automatically(base, canary.version, reason=breach, numbers=numbers):
+                ended.append(base)
+        if ended:
+            await self.refresh()  # this replica stops routing to it now; the others learn it from the feed
+        return ended
+
+    async def canary_report(self, alias: str) -> CanaryReport:
+        """Production and canary side by side over the same window, with the thresholds and the verdict."""
+        states = {st.name: st for st in await self.registry.serving_state()}
+        base = states.get(alias)
+        if base is None or base.version_id is None:
+            raise NotFound(f"alias {alias} does not exist", param="alias")
+        st = states.get(alias + CANARY_SUFFIX)
+        if st is not None and st.version_id is None:
+            st = None
+        stats = self.router.stats
+        production = stats.window(alias, base.version_id)
+        canary = stats.window(alias, st.version_id) if st is not None else None
+        limits = st.thresholds if st is not None else None
+        return CanaryReport(
+            alias=alias, replica=_REPLICA, window_s=stats.window_s, production=production, canary=canary,
+            percent=st.percent if st is not None else None, principals=list(st.principals) if st else [],
+            thresholds=limits, p99_ratio=p99_ratio(canary, production) if canary is not None else None,
+            verdict=verdict(limits, canary, production),
+        )
+
     async def _event(self, tag: str, alias: str, version: str | None, **details: Any) -> None:
         decision = "allow" if tag == Tag.MODEL_SWAP else "deny"
         await self.audit.record(AuditEvent(tag, actor="system:models", target=f"alias:{alias}", decision=decision,
@@ -321,7 +393,7 @@ class ModelCatalog:
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [*self._loads.values(), *self._swaps.values()]
+        tasks = [*self._loads.values(), *self._swaps.values(), *([self._watch] if self._watch else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -34,6 +34,7 @@ from gateway.db.registry import AliasHistory, ModelAlias, ModelVersion, Register
 from gateway.db.session import Database
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.models import artifacts
+from gateway.models.canary import CanaryThresholds
 from gateway.models.spec import ALIAS_RE, ModelSpec, parse_spec
 from gateway.models.views import (
     AliasOut,
@@ -339,11 +340,15 @@ class Registry:
         return view
 
     async def set_canary(self, ctx: Any, alias: str, version_id: str | None, *, percent: float | None = None,
-                         principals: list[str] | None = None) -> AliasOut:
+                         principals: list[str] | None = None,
+                         thresholds: CanaryThresholds | None = None) -> AliasOut:
         """Send ``percent`` % of ``alias``'s requests, and all of ``principals``', to ``version_id``.
 
-        ``percent`` 0 with no principals (or no version) ends the canary.
+        ``percent`` 0 with no principals (or no version) ends the canary. ``thresholds`` (with a limit set) let
+        every replica's watcher end it automatically once crossed (:meth:`end_canary_automatically`).
         """
+        if thresholds is not None and thresholds.max_error_rate is None and thresholds.max_p99_ratio is None:
+            thresholds = None
         _check_alias(alias)
         if percent is not None and not 0 <= percent <= 100:
             raise BadRequest("percent must be within 0..100", param="percent")
@@ -366,6 +371,7 @@ class Registry:
             row = _flip(s, row, alias + CANARY, v.model_id if v else base.model_id, v.id if v else None,
                         actor=actor, action="canary" if v else "canary-end", percent=percent or 0.0,
                         principals=principals)
+            row.canary_thresholds = thresholds.dump() if thresholds is not None and v is not None else None
             if v is not None:
                 fresh = await s.get(ModelVersion, v.id)
                 if fresh is not None and fresh.status == "candidate":
@@ -373,9 +379,30 @@ class Registry:
                     fresh.status_changed_at = utcnow()
             view = alias_view(row)
         await self._record(ctx, Tag.MODEL_CANARY, f"alias:{alias}", version=v.id if v else None,
-                           percent=percent or 0.0, principals=principals, generation=view.generation)
+                           percent=percent or 0.0, principals=principals, generation=view.generation,
+                           thresholds=view.thresholds.dump() if view.thresholds else None)
         await self._changed(alias)
         return view
+
+    async def end_canary_automatically(self, alias: str, version_id: str, *, reason: str,
+                                       numbers: dict[str, Any], actor: str = "system:canary-watch") -> bool:
+        """End ``alias``'s canary of ``version_id`` because its thresholds were crossed (all traffic back to
+        production); False when it already ended or changed (another replica got there first).
+
+        Never promotes: promotion stays a person's four-eyes, fresh-MFA act.
+        """
+        async with self.db.session() as s:
+            row = await _alias(s, alias + CANARY, lock=True)
+            if row is None or row.version_id != version_id:
+                return False
+            row = _flip(s, row, alias + CANARY, row.model_id, None, actor=actor, action="canary-auto-rollback",
+                        reason=reason[:1000])
+            generation = row.generation
+        await self._record(_System(actor), Tag.MODEL_CANARY_AUTO_ROLLBACK, f"alias:{alias}", version=version_id,
+                           reason=reason, generation=generation, **numbers)
+        await self._changed(alias)
+        _log.warning("canary rolled back automatically", alias=alias, version=version_id, reason=reason)
+        return True
 
     async def rollback(self, ctx: Any, alias: str) -> AliasOut:
         """Return ``alias`` to the version it served before the last promotion (and end any canary)."""
@@ -495,8 +522,8 @@ class Registry:
                                 v.base_version_id else None, m) if v is not None else None
             out.append(AliasState(name=r.name, version_id=r.version_id, generation=r.generation, spec=spec,
                                   source=v.source if v is not None else None, changed_at=r.updated_at,
-                                  percent=r.percent or 0.0,
-                                  principals=tuple(r.principals or ())))
+                                  percent=r.percent or 0.0, principals=tuple(r.principals or ()),
+                                  thresholds=CanaryThresholds.load(r.canary_thresholds)))
         return sorted(out, key=lambda a: a.name)
 
 
@@ -568,7 +595,8 @@ async def _serves(s: Any, version_id: str, except_alias: str) -> bool:
 
 
 def _flip(s: Any, row: ModelAlias | None, name: str, model_id: str | None, version_id: str | None, *, actor: str,
-          action: str, percent: float | None = None, principals: list[str] | None = None) -> ModelAlias:
+          action: str, percent: float | None = None, principals: list[str] | None = None,
+          reason: str | None = None) -> ModelAlias:
     """The alias change itself: pointer, previous version, generation, history, in the caller's transaction."""
     now = utcnow()
     if row is None:
@@ -586,5 +614,5 @@ def _flip(s: Any, row: ModelAlias | None, name: str, model_id: str | None, versi
         if percent is not None or principals is not None:
             row.percent, row.principals = percent, list(principals or [])
     s.add(AliasHistory(alias=name, version_id=version_id, previous_version_id=previous, action=action,
-                       actor=actor, generation=row.generation, percent=percent))
+                       actor=actor, generation=row.generation, percent=percent, reason=reason))
     return row

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from gateway.db.registry import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
+from gateway.models.canary import CanaryThresholds
 from gateway.models.spec import ModelSpec
 
 
@@ -41,6 +42,8 @@ class AliasOut(msgspec.Struct, kw_only=True):
     generation: int
     percent: float | None = None
     principals: list[str] = msgspec.field(default_factory=list)
+    #: a canary's automatic-rollback thresholds, when set
+    thresholds: CanaryThresholds | None = None
     updated_at: datetime | None = None
     updated_by: str | None = None
 
@@ -80,6 +83,7 @@ class AliasState(msgspec.Struct, frozen=True, kw_only=True):
     changed_at: datetime | None = None
     percent: float = 0.0
     principals: tuple[str, ...] = ()
+    thresholds: CanaryThresholds | None = None
 
 
 def version_view(v: ModelVersion, model_name: str | None = None) -> VersionOut:
@@ -95,7 +99,8 @@ def version_view(v: ModelVersion, model_name: str | None = None) -> VersionOut:
 def alias_view(a: ModelAlias) -> AliasOut:
     return AliasOut(alias=a.name, version=a.version_id, previous_version=a.previous_version_id,
                     generation=a.generation, percent=a.percent, principals=list(a.principals or []),
-                    updated_at=a.updated_at, updated_by=a.updated_by)
+                    thresholds=CanaryThresholds.load(a.canary_thresholds), updated_at=a.updated_at,
+                    updated_by=a.updated_by)
 
 
 def history_view(h: AliasHistory) -> HistoryOut:

@@ -179,3 +179,35 @@ def add_trace_id(_logger: Any, _name: str, event_dict: dict) -> dict:
         if trace_id:
             event_dict["trace_id"] = trace_id
     return event_dict
+
+
+class Phases:
+    """One span per phase of a long job (``dataset.ingest``, ``dataset.tokenise``, ``train.step``...): entering a
+    phase ends the previous one. Made where the job's span is current; phases may be entered from another thread
+    (a pipeline running in a worker thread), their parent stays the job's span. A no-op when tracing is off."""
+
+    def __init__(self, prefix: str, **attrs: Any) -> None:
+        self.prefix = prefix
+        self.attrs = attrs
+        self.current: str | None = None
+        self._span: Any = None
+        self._parent: Any = None
+        if _tracer is not None:
+            from opentelemetry import context as otel_context
+
+            self._parent = otel_context.get_current()
+
+    def enter(self, phase: str, **attrs: Any) -> None:
+        if phase == self.current:
+            return
+        self.close()
+        self.current = phase
+        if _tracer is not None:
+            self._span = _tracer.start_span(f"{self.prefix}.{phase}", context=self._parent,
+                                            attributes=_clean({**self.attrs, **attrs}))
+
+    def close(self) -> None:
+        if self._span is not None:
+            self._span.end()
+            self._span = None
+        self.current = None

@@ -18,7 +18,7 @@ from litestar.params import Parameter
 from gateway.api.deps import ContextDep, ServicesDep
 from gateway.api.sse import SSE_HEADERS, EventStream, event
 from gateway.authz.actions import Action
-from gateway.runs.models import FINAL
+from gateway.db.runs import FINAL
 from gateway.runs.service import RunCreate, RunService, RunView
 from gateway.services import Services
 

@@ -22,8 +22,8 @@ from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authn.stepup import ensure_fresh_mfa
 from gateway.context import Principal, RequestContext
 from gateway.db.base import utcnow
+from gateway.db.runs import FINAL, TrainingRun, TrainingRunEvent
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
-from gateway.runs.models import FINAL, TrainingRun, TrainingRunEvent
 
 METHODS = ("sft-lora", "sft-full", "pretrain-clm", "pretrain-mlm", "contrastive", "seq2seq")
 #: ``--set`` keys DESIGN.md names, type-checked here; the trainer validates every other key at start

@@ -11,7 +11,7 @@ from gateway.context import Principal, RequestContext
 from gateway.db.base import new_id, utcnow
 from gateway.db.datasets import Dataset, DatasetVersion
 from gateway.db.migrate import upgrade
-from gateway.runs.models import TrainingRun, TrainingRunEvent
+from gateway.db.runs import TrainingRun, TrainingRunEvent
 from gateway.runs.service import RunService
 from gateway.runtime import open_services
 from gateway.settings import Settings

@@ -142,13 +142,13 @@ def test_gpu_workers_and_inference(objects):
     assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["containers"][0]["command"][:4] == ["palisade", "worker", "--queues", "gpu"]
-    from gateway.inference.factory import load_models_file
+    from gateway.models.spec import load_models_file
 
     models = _by(objects, "ConfigMap")["palisade-models"]["data"]["models.yaml"]
     spec = yaml.safe_load(models)["models"][0]
     assert spec["url"].startswith("http://palisade-vllm:8000/")
     path = K8S / "overlays" / "production" / "models.yaml"
-    assert load_models_file(path)[0]["alias"] == "chat"
+    assert load_models_file(path)[0].alias == "chat"
 
 
 def _selects(selector: dict, labels: dict) -> bool:

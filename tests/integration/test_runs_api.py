@@ -5,43 +5,26 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 
 from gateway.app import services_of
 from gateway.db.audit import AuditRecord
 from tests.integration import test_identity_helpers as helpers
 from tests.integration.test_identity_helpers import assert_error_shape, gateway_client, login, make_person
 from tests.support.fake_upstreams import fake_upstream
+from tests.support.training_data import insert_dataset_versions
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def migrate_with_runs(settings) -> None:
-    """Main's chain (0007 set aside while 0005/0006 are not on main), then the runs tables and a stand-in
-    for the datasets domain's ``dataset_versions`` (the columns runs read)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+def migrate_with_datasets(settings) -> None:
+    """Migrations, then two dataset versions (approved and rejected) in the datasets domain's tables."""
+    from gateway.db.migrate import upgrade
 
-    from alembic import command
-    from gateway.db.migrate import ROOT, alembic_config
-    from gateway.runs.models import TrainingRun, TrainingRunEvent
-
-    cfg = alembic_config(settings.database_url)
-    if not (ROOT / "alembic" / "versions" / "0006_datasets.py").exists():
-        scratch = Path(tempfile.mkdtemp())
-        shutil.copytree(ROOT / "alembic", scratch / "alembic")
-        (scratch / "alembic" / "versions" / "0007_training_runs.py").unlink()
-        cfg.set_main_option("script_location", str(scratch / "alembic"))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(cfg, "head")
+    upgrade(settings)
     engine = create_engine(settings.database_url)
-    TrainingRun.metadata.create_all(engine, tables=[TrainingRun.__table__, TrainingRunEvent.__table__])
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE IF NOT EXISTS dataset_versions (id varchar(32) primary key, "
-                          "status varchar(16) not null, content_digest varchar(80), deleted_at timestamp)"))
-        conn.execute(text("INSERT INTO dataset_versions (id, status) VALUES ('dsapproved', 'approved'), "
-                          "('dsrejected', 'rejected')"))
+        insert_dataset_versions(conn, {"dsapproved": "approved", "dsrejected": "rejected"})
     engine.dispose()
 
 
@@ -50,7 +33,7 @@ async def gw(tmp_path_factory):
     with fake_upstream("ok", "openai") as url:
         settings = helpers.identity_settings(tmp_path_factory.mktemp("runs-api"), url)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(helpers, "upgrade", migrate_with_runs)
+            mp.setattr(helpers, "upgrade", migrate_with_datasets)
             async with gateway_client(settings) as (client, app):
                 yield client, app
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import redis
 from msgspec.structs import replace
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from gateway.context import Principal, RequestContext
 from gateway.db.base import utcnow
+from gateway.db.runs import TrainingRun, TrainingRunEvent
 from gateway.errors import ApiError, Conflict, Forbidden, NotFound
-from gateway.runs.models import TrainingRun, TrainingRunEvent
 from gateway.runs.service import TASK_RUN, Gate, RunCreate, RunService
 from tests.support.server import ROOT, base_env
-from tests.support.training_data import chat_rows
+from tests.support.training_data import chat_rows, insert_dataset_versions
 from trainer.runs.data import write_jsonl_source
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600),
@@ -37,41 +37,19 @@ def person(name: str, *roles: str, fresh: bool = True, method: str = "session") 
 ALICE, BOB, CAROL = person("alice", "ml_engineer"), person("bob", "approver"), person("carol", "ml_engineer")
 
 
-def _migrate(pg_url: str, scratch: Path) -> None:
-    """Main's migrations; while 0005/0006 (registry, datasets) are not on main, 0007 is left out of the chain
-    and the runs tables are created from the models (the migration-drift test covers 0007 once they land)."""
-    import shutil
-
-    from alembic import command
-    from gateway.db.migrate import ROOT as REPO
-    from gateway.db.migrate import alembic_config
-
-    versions = REPO / "alembic" / "versions"
-    cfg = alembic_config(pg_url)
-    if not (versions / "0006_datasets.py").exists():
-        shutil.copytree(REPO / "alembic", scratch / "alembic")
-        (scratch / "alembic" / "versions" / "0007_training_runs.py").unlink()
-        cfg.set_main_option("script_location", str(scratch / "alembic"))
-    command.upgrade(cfg, "head")
-
-
 @pytest.fixture(scope="module")
 def env(pg_url, tmp_path_factory, tiny_model_dir):
     data_dir = tmp_path_factory.mktemp("palisade")
     env = base_env(data_dir, PALISADE_DATABASE_URL=pg_url, PALISADE_CELERY_BROKER_URL=REDIS_DB,
                    PALISADE_CELERY_RESULT_BACKEND=REDIS_DB)
     redis.Redis.from_url(REDIS_DB).flushdb()
-    _migrate(pg_url, tmp_path_factory.mktemp("alembic"))
-    from gateway.runs.models import TrainingRun, TrainingRunEvent
+    from alembic import command
+    from gateway.db.migrate import alembic_config
 
+    command.upgrade(alembic_config(pg_url), "head")
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    TrainingRun.metadata.create_all(engine, tables=[TrainingRun.__table__, TrainingRunEvent.__table__])
     with engine.begin() as conn:
-        # stand-in for the datasets domain's table (migration 0006) until it is on main: the columns runs read
-        conn.execute(text("CREATE TABLE IF NOT EXISTS dataset_versions (id varchar(32) primary key, "
-                          "status varchar(16) not null, content_digest varchar(80), deleted_at timestamptz)"))
-        conn.execute(text("INSERT INTO dataset_versions (id, status) VALUES ('dsapproved', 'approved'), "
-                          "('dsready', 'ready')"))
+        insert_dataset_versions(conn, {"dsapproved": "approved", "dsready": "ready"})
     engine.dispose()
     write_jsonl_source(data_dir / "datasets" / "dsapproved", {"train": chat_rows(), "validation": chat_rows()[:4]})
     return env | {"data_dir": str(data_dir), "tiny": str(tiny_model_dir)}

@@ -33,3 +33,17 @@ def write_source(root: Path, kind: str):
 
     rows = {"chat": chat_rows, "pairs": pair_rows, "text": text_rows}[kind]()
     return write_jsonl_source(root, {"train": rows, "validation": rows[:4]})
+
+
+def insert_dataset_versions(conn, statuses: dict[str, str]) -> None:
+    """Dataset version rows (the datasets domain's tables) with the given ids and statuses, for runs tests whose
+    records come from a JSONL export in ``<data_dir>/datasets/<id>/``."""
+    from sqlalchemy import insert
+
+    from gateway.db.datasets import Dataset, DatasetVersion
+
+    for version_id, status in statuses.items():
+        conn.execute(insert(Dataset.__table__).values(id=f"d{version_id}"[:32], name=f"runs-test-{version_id}",
+                                                      owner="user:alice"))
+        conn.execute(insert(DatasetVersion.__table__).values(id=version_id, dataset_id=f"d{version_id}"[:32],
+                                                             number=1, status=status, owner="user:alice"))

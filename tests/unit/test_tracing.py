@@ -108,3 +108,25 @@ def test_celery_task_spans_continue_the_enqueuing_trace(memory):
     task = spans["celery.task palisade.test.stage"]
     assert format(task.context.trace_id, "032x") == trace_id
     assert spans["dataset.dedup"].parent.span_id == task.context.span_id
+
+
+def test_job_phases_are_sibling_spans_under_the_job_even_from_a_thread(memory):
+    import threading
+
+    with tracing.span("celery.task palisade.datasets.process") as job:
+        phases = tracing.Phases("dataset", version="v1")
+
+        def pipeline() -> None:  # the pipeline runs in a worker thread and reports its stages
+            for stage in ("ingest", "process", "process", "tokenise", "store"):
+                phases.enter(stage)
+
+        t = threading.Thread(target=pipeline)
+        t.start()
+        t.join()
+        phases.close()
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    assert [n for n in spans if n.startswith("dataset.")] == ["dataset.ingest", "dataset.process", "dataset.tokenise",
+                                                               "dataset.store"]
+    job_id = job.get_span_context().span_id
+    assert all(spans[n].parent.span_id == job_id for n in spans if n.startswith("dataset."))
+    assert spans["dataset.ingest"].attributes["version"] == "v1"

@@ -29,6 +29,7 @@ from gateway.datasets.service import DatasetService
 from gateway.datasets.shards import KeyringSealer
 from gateway.datasets.uploads import open_upload
 from gateway.db.datasets import DatasetVersion
+from gateway.observability import tracing
 from trainer.datasets import chunks
 from trainer.datasets.ingest import IngestError, Source
 from trainer.datasets.pii import HmacPseudonymiser
@@ -117,8 +118,10 @@ async def _run(services: Any, version_id: str, chunked: dict[str, Any] | None = 
         return await _split_into_chord(service, version_id, source, config, sealer)
 
     latest: dict[str, Any] = {}
+    phases = tracing.Phases("dataset", version=version_id)  # a span per stage, children of the task's span
 
     def progress(stage: str, done: float) -> None:
+        phases.enter(stage)
         latest.update(stage=stage, done=done)
 
     ask = None
@@ -147,6 +150,7 @@ async def _run(services: Any, version_id: str, chunked: dict[str, Any] | None = 
         if latest and latest != written:
             written = dict(latest)
             await service.set_progress(version_id, written)
+    phases.close()
     try:
         result = job.result()
     except IngestError as exc:

@@ -14,8 +14,10 @@ from trainer.evaluate.gates import as_registry_gates
 
 
 def candidate_info(run, result: dict, gate_results: list[dict]) -> dict[str, Any]:
+    registry_base = run.base if run.base and not run.base.startswith("preset:") and "/" not in run.base else None
     return {"name": f"run-{run.id[:12]}", "path": result.get("output_dir"), "files": result.get("files", {}),
-            "base_version": run.base, "method": run.method, "eval_results": result.get("evaluation", {}),
+            "base_version": registry_base, "base": run.base, "method": run.method,
+            "eval_results": result.get("evaluation", {}),
             "eval_loss": result.get("eval_loss"), "perplexity": result.get("perplexity"),
             "gates_passed": all(g["passed"] for g in gate_results)}
 
@@ -25,7 +27,7 @@ async def register_candidate(registry, ctx, run, info: dict[str, Any], gate_resu
     if registry is None or not info.get("path"):
         return None
     version = await registry.register_version(
-        ctx, info["name"], info["path"], requested_by=run.requester, run_id=run.id, base_version=run.base,
+        ctx, info["name"], info["path"], requested_by=run.requester, run_id=run.id, base_version=info["base_version"],
         eval_results={"eval_loss": info["eval_loss"], "perplexity": info["perplexity"], **info["eval_results"]},
         gates=as_registry_gates(gate_results))
     return str(version.id)

@@ -52,6 +52,19 @@ class JsonlDatasetSource:
         return h.hexdigest()
 
 
+class MemorySource:
+    """Records already read (e.g. decrypted from the datasets domain's shards) with the digest they came under."""
+
+    def __init__(self, splits: dict[str, list[dict]], digest: str) -> None:
+        self.splits, self._digest = splits, digest
+
+    def records(self, split: str) -> Iterator[dict]:
+        yield from self.splits.get(split, [])
+
+    def digest(self) -> str:
+        return self._digest
+
+
 def write_jsonl_source(root: Path | str, splits: dict[str, list[dict]]) -> JsonlDatasetSource:
     """Write records as a JSONL source (what a run directory carries to the training process)."""
     root = Path(root)

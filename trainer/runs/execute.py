@@ -10,12 +10,15 @@ same data, so the training process resumes mid-epoch.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.audit.events import AuditEvent, Tag
+from gateway.errors import ApiError
+from gateway.observability import tracing
 from gateway.runs.service import row_digest
 from trainer.evaluate import gates as gatelib
 from trainer.runs.candidate import candidate_info, register_candidate
@@ -30,10 +33,8 @@ DEFAULT_EVALUATION = {"bias": True, "response_time": True, "rouge": True, "class
 
 
 def open_local_dataset(data_dir: Path) -> Callable[[str], DatasetSource]:
-    """Datasets exported as ``<data_dir>/datasets/<version id>/{train,validation,test}.jsonl``.
-
-    The datasets domain replaces this with a reader of its encrypted shards (any ``DatasetSource``).
-    """
+    """Records exported by an operator as ``<data_dir>/datasets/<version id>/{train,validation,test}.jsonl``
+    (the version must still be approved in the datasets tables: the run service checks it at request time)."""
 
     def open_(dataset_id: str) -> DatasetSource:
         root = Path(data_dir) / "datasets" / dataset_id
@@ -64,26 +65,34 @@ class RunExecutor:
     def __init__(self, *, db, audit, owner: str, data_dir: Path, open_dataset: Callable[[str], DatasetSource],
                  registry=None, production_metrics: Callable[[Any], dict | None] = lambda run: None,
                  grace_s: float = 30.0, poll_s: float = 0.5, heartbeat_s: float = 2.0, gpus: int | None = None,
-                 evaluation: dict | None = None) -> None:
+                 evaluation: dict | None = None, ctx: Any = None,
+                 resolve_base: Callable[[str | None, str], Any] = resolve_base) -> None:
         self.db, self.audit, self.owner = db, audit, owner
         self.store = RunStore(db, owner)
         self.data_dir = Path(data_dir)
         self.open_dataset, self.registry, self.production_metrics = open_dataset, registry, production_metrics
         self.grace_s, self.poll_s, self.heartbeat_s, self.gpus = grace_s, poll_s, heartbeat_s, gpus
         self.evaluation = DEFAULT_EVALUATION if evaluation is None else evaluation
+        self.ctx = ctx  # the registry's caller (a system context)
+        self.resolve_base = resolve_base
 
     async def _audit(self, tag: str, run_id: str, **details: Any) -> None:
         await self.audit.record(AuditEvent(tag=tag, actor=f"system:{self.owner}", target=f"run:{run_id}",
                                            details=details))
 
-    def _prepare_dir(self, run) -> Path:
+    async def _prepare_dir(self, run) -> Path:
         run_dir = self.data_dir / "runs" / run.id
         if (run_dir / "request.json").exists():
             return run_dir  # a later attempt: same data, same request, resume from the checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
         source = self.open_dataset(run.dataset_id)
+        if inspect.isawaitable(source):
+            source = await source
         write_jsonl_source(run_dir / "data", {split: list(source.records(split)) for split in SPLITS})
-        request = {"method": run.method, "base": resolve_base(run.base, run.method), "config": run.config,
+        base = self.resolve_base(run.base, run.method)
+        if inspect.isawaitable(base):
+            base = await base
+        request = {"method": run.method, "base": base, "config": run.config,
                    "dataset_dir": str(run_dir / "data"), "evaluation": self.evaluation, "name": f"run {run.id}"}
         (run_dir / "request.json").write_text(json.dumps(request))
         return run_dir
@@ -107,9 +116,12 @@ class RunExecutor:
 
     async def _train(self, run) -> dict[str, Any]:
         run_id = run.id
+        phases = tracing.Phases("training", run=run_id, method=run.method)  # prepare -> train -> evaluate+register
+        phases.enter("prepare")
         try:
-            run_dir = self._prepare_dir(run)
-        except (LookupError, ValueError, OSError) as exc:
+            run_dir = await self._prepare_dir(run)
+        except (LookupError, ValueError, OSError, ApiError) as exc:
+            phases.close()
             await self.store.finish(run_id, "failed", error=str(exc))
             await self._audit(Tag.RUN_FINISH, run_id, status="failed", reason=str(exc))
             return {"run": run_id, "status": "failed"}
@@ -135,6 +147,7 @@ class RunExecutor:
             state["ours"], state["cancel"] = await self.store.heartbeat(run_id)
             return state["ours"]
 
+        phases.enter("train")
         process = TrainingProcess(run_dir, gpus=self.gpus)
         process.start()
         code = await supervise(process, on_event=on_event, heartbeat=heartbeat,
@@ -142,8 +155,13 @@ class RunExecutor:
                                heartbeat_s=self.heartbeat_s)
         await flush()
         if not state["ours"]:
+            phases.close()
             return {"run": run_id, "skipped": True, "status": "lease lost"}
-        return await self._finish(run, run_dir, code, state)
+        phases.enter("evaluate")
+        try:
+            return await self._finish(run, run_dir, code, state)
+        finally:
+            phases.close()
 
     async def _finish(self, run, run_dir: Path, code: int, state: dict) -> dict[str, Any]:
         run_id = run.id
@@ -152,7 +170,10 @@ class RunExecutor:
             metrics = gate_metrics(result)
             results = gatelib.check(run.gates or [], metrics, self.production_metrics(run))
             info = candidate_info(run, result, results)
-            version = await register_candidate(self.registry, None, run, info, results)
+            try:
+                version = await register_candidate(self.registry, self.ctx, run, info, results)
+            except ApiError as exc:  # e.g. an output kind the registry does not serve (an encoder): keep the run
+                version, info["registration_error"] = None, str(exc)
             await self.store.finish(run_id, "succeeded", evaluation=metrics, gate_results=results, candidate=info,
                                     candidate_version=version, reproducibility={**result["reproducibility"],
                                                                                 "config": result["config"]})

@@ -191,7 +191,7 @@ def train(prep: Prepared, cfg: LoopConfig, run_dir: Path, *, should_stop: Callab
             status = "cancelled"
             break
         t0 = time.perf_counter()
-        step_loss, step_tokens = 0.0, 0
+        step_loss_t, step_tokens = torch.zeros((), device=device), 0
         for _ in range(cfg.grad_accum_steps):
             epoch, position, idx = next(stream)
             position += 1  # the position to resume from is the next micro-batch
@@ -200,11 +200,12 @@ def train(prep: Prepared, cfg: LoopConfig, run_dir: Path, *, should_stop: Callab
             with autocast():
                 loss, _ = prep.loss(step_model, batch)
             (loss / cfg.grad_accum_steps).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum_steps
+            step_loss_t += loss.detach().float() / cfg.grad_accum_steps  # on device: one sync per step, below
             step_tokens += count_tokens(batch)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
+        step_loss = float(step_loss_t)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 
 from gateway.db.base import utcnow
-from gateway.runs.models import TrainingRun, TrainingRunEvent
+from gateway.db.runs import TrainingRun, TrainingRunEvent
 
 LEASE_TTL = timedelta(seconds=60)
 #: events stored in the run's event log (step events too: the console draws the loss curve from them)

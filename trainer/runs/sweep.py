@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from gateway.audit.events import AuditEvent, Tag
 from gateway.db.base import utcnow
-from gateway.runs.models import FINAL, TrainingRun
+from gateway.db.runs import FINAL, TrainingRun
 from gateway.runs.service import TASK_RUN, request_digest
 from trainer.evaluate.gates import lookup
 from trainer.runs.store import RunStore

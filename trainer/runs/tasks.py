@@ -22,11 +22,55 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def _execute(services, run_id: str) -> dict[str, Any]:
-    from trainer.runs.execute import RunExecutor, open_local_dataset
+def _dataset_opener(services):
+    """An approved version's records from the datasets domain (decrypted shards, digest checked against the
+    approval); an operator's JSONL export under the data dir when there is one for that id."""
+    from trainer.runs.data import MemorySource
+    from trainer.runs.execute import open_local_dataset
 
+    local = open_local_dataset(services.settings.data_dir)
+
+    async def open_(version_id: str):
+        from gateway.datasets.service import iter_records
+
+        if (services.settings.data_dir / "datasets" / version_id / "train.jsonl").exists():
+            return local(version_id)
+        splits, digest = {}, ""
+        for split in ("train", "validation"):
+            info, records = await iter_records(services.datasets, version_id, split)
+            splits[split], digest = list(records), info["digest"]
+        return MemorySource(splits, digest)
+
+    return open_
+
+
+def _base_resolver(services):
+    """A registry version id -> its artifact directory; presets and directories as ``resolve_base`` says."""
+    from trainer.runs.execute import resolve_base
+
+    async def resolve(base: str | None, method: str) -> str | None:
+        if base is None or base.startswith("preset:") or "/" in base:
+            return resolve_base(base, method)
+        from gateway.db.registry import ModelVersion
+
+        async with services.db.session() as s:
+            row = await s.get(ModelVersion, base)
+        if row is None or not row.artifact:
+            raise LookupError(f"no model version {base} in the registry")
+        return resolve_base(row.artifact, method)
+
+    return resolve
+
+
+async def _execute(services, run_id: str) -> dict[str, Any]:
+    from gateway.context import Principal, RequestContext
+    from trainer.runs.execute import RunExecutor
+
+    system = RequestContext.for_principal(Principal(id="system:trainer", kind="app", name="trainer",
+                                                    auth_method="cli"))
     executor = RunExecutor(db=services.db, audit=services.audit, owner=_owner(), data_dir=services.settings.data_dir,
-                           open_dataset=open_local_dataset(services.settings.data_dir))
+                           open_dataset=_dataset_opener(services), registry=services.models.registry, ctx=system,
+                           resolve_base=_base_resolver(services))
     return await executor.execute(run_id)
 
 
