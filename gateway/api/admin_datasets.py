@@ -13,7 +13,7 @@ from pathlib import PurePath
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_options_header
 
 from gateway.api.deps import ContextDep, ServicesDep
@@ -85,6 +85,16 @@ class DatasetController(Controller):
          operation_id="sampleDatasetQuarantine")
     async def quarantine(self, services: ServicesDep, ctx: ContextDep, version_id: str) -> dict[str, Any]:
         return await services.datasets.quarantine_sample(ctx, version_id)
+
+    @get("/{version_id:str}/export", opt={"action": Action.DATASET_EXPORT}, operation_id="exportDatasetRecords")
+    async def export(self, services: ServicesDep, ctx: ContextDep, version_id: str, split: str = "validation",
+                     label: str | None = None, tag: str | None = None,
+                     include_synthetic: bool = False) -> Response[bytes]:
+        """The records of a split with a label and/or tag (an evaluation set) as JSONL."""
+        _, rows = await services.datasets.export(ctx, version_id, split=split, label=label, tag=tag,
+                                                 include_synthetic=include_synthetic)
+        body = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
+        return Response(body, media_type="application/x-ndjson")
 
     @post("/{version_id:str}/approve", opt={"action": Action.DATASET_APPROVE}, operation_id="approveDataset",
           status_code=200)
@@ -165,6 +175,7 @@ def _safe_name(name: str) -> str:
 
 def _typed(fields: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    label_field = ""
     for key, value in fields.items():
         if key in _INT_FIELDS:
             out[key] = int(value) if value.strip() else None
@@ -178,8 +189,14 @@ def _typed(fields: dict[str, str]) -> dict[str, Any]:
             out["legal_basis"] = value
         elif key in ("on-error", "augment-model"):
             out[key.replace("-", "_")] = value
+        elif key in ("label-field", "label_field"):
+            label_field = value.strip()
         else:
             out[key] = value
+    if label_field:  # like the CLI's --label-field: the tags section of the pipeline config
+        config = out.setdefault("config", {})
+        if isinstance(config, dict):
+            config["tags"] = {**(config.get("tags") or {}), "label_field": label_field}
     return out
 
 

@@ -83,6 +83,7 @@ class Tag:
     DATASET_BIAS_WAIVE = "dataset:bias:waive"
     DATASET_DELETE = "dataset:version:delete"
     DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    DATASET_EXPORT = "dataset:version:export"
     DATASET_IMPORT_REFUSED = "dataset:import:refused"
     # files, batches, feedback
     FILE_CREATE = "batch:file:create"

@@ -38,6 +38,8 @@ class Action(StrEnum):
     DATASET_READ = "dataset:version:read"
     DATASET_DELETE = "dataset:version:delete"
     DATASET_QUARANTINE_READ = "dataset:quarantine:read"
+    #: records of a version with a tag/label, decrypted into an evaluation-set file
+    DATASET_EXPORT = "dataset:version:export"
     DATASET_APPROVE = "approval:dataset:approve"
     DATASET_REJECT = "approval:dataset:reject"
     # audit

@@ -74,18 +74,23 @@ def datasets() -> None:
 @click.option("--pii", type=click.Choice(["redact", "mask", "pseudonymise"]), default="redact", show_default=True)
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="fail", show_default=True,
               help="A malformed line: skip it (reported with its line number) or fail the job.")
-@click.option("--augment", multiple=True, type=click.Choice(["counterfactual", "paraphrase"]),
-              help="Augment the train split (repeatable).")
-@click.option("--augment-model", default=None, help="Model alias for paraphrases (called with your rights).")
+@click.option("--augment", multiple=True,
+              type=click.Choice(["counterfactual", "paraphrase", "backtranslate", "synthetic"]),
+              help="Augment the train split (repeatable); synthetic: rows for rare labels (config 'synthetic').")
+@click.option("--augment-model", default=None,
+              help="Model alias for paraphrase, backtranslate and synthetic (called with your rights).")
+@click.option("--label-field", default=None, help="Import each row's labels from this JSONL field / CSV column.")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
 @click.option("--tokenizer", default=None, help="Local model folder (its tokenizer) or bpe:<vocab size>.")
 @click.option("--seq-len", type=int, default=1024, show_default=True, help="Packed sequence length.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML/JSON pipeline settings: quality, dedup, bias sections, parallel_after, pii_region.")
+              help="YAML/JSON pipeline settings: quality, dedup, bias, tags, synthetic sections, parallel_after, "
+                   "pii_region, augment_pivot.")
 @click.option("--wait", is_flag=True, help="Show progress on stderr; exit 0 when ready, 1 when failed.")
 def create(name: str, path: Path, fmt: str, classification: str, purpose: str, legal_basis: str, source: str,
            licence: str, retention_days: int | None, pii: str, on_error: str, augment: tuple[str, ...],
-           augment_model: str | None, validation_fraction: float, tokenizer: str | None, seq_len: int,
+           augment_model: str | None, label_field: str | None, validation_fraction: float,
+           tokenizer: str | None, seq_len: int,
            config_file: Path | None, wait: bool) -> None:
     """Register a dataset version; prints its id alone on the last line."""
     from gateway.datasets.service import DatasetCreate
@@ -96,6 +101,8 @@ def create(name: str, path: Path, fmt: str, classification: str, purpose: str, l
                         pii=pii, on_error=on_error, augment=list(augment), augment_model=augment_model,
                         validation_fraction=validation_fraction,
                         tokenizer=tokenizer, seq_len=seq_len, config=_load_config(config_file))
+    if label_field:
+        req.config["tags"] = {**req.config.get("tags", {}), "label_field": label_field}
 
     async def go() -> Any:
         async with _service() as service:
@@ -278,3 +285,29 @@ def delete(version_id: str) -> None:
     except ApiError as exc:
         raise _api_error(exc) from exc
     _emit(view)
+
+
+@datasets.command("export")
+@click.argument("version_id")
+@click.option("--split", type=click.Choice(["train", "validation"]), default="validation", show_default=True)
+@click.option("--label", default=None, help="Only records with this label.")
+@click.option("--tag", default=None, help="Only records with this tag: name=value (topic=billing, language=de).")
+@click.option("--include-synthetic", is_flag=True, help="Keep augmented/synthetic rows (left out by default).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The evaluation-set JSONL to write (mode 0600).")
+def export(version_id: str, split: str, label: str | None, tag: str | None, include_synthetic: bool,
+           out: Path) -> None:
+    """Write a version's records with a tag/label as an evaluation-set JSONL; prints {"path", "records"} last."""
+    from gateway.errors import ApiError
+
+    async def go() -> Any:
+        async with _service() as service:
+            return await service.export(RequestContext.cli(), version_id, out, split=split, label=label, tag=tag,
+                                        include_synthetic=include_synthetic)
+
+    try:
+        count, _ = asyncio.run(go())
+    except ApiError as exc:
+        raise _api_error(exc) from exc
+    click.echo(f"wrote {count} records to {out}", err=True)
+    click.echo(msgspec.json.encode({"path": str(out), "records": count}).decode())

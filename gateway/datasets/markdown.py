@@ -36,6 +36,14 @@ def to_markdown(c: dict[str, Any]) -> str:
               "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {v['mentions']} | {v['score']} | {'yes' if v['flagged'] else 'no'} |"
               for a, v in bias["axes"].items()]
+    if c.get("tags") or c.get("labels"):
+        lines += ["", "## Tags and labels", ""]
+        for name, counts in (c.get("tags") or {}).items():
+            lines.append(f"- {name}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "—"))
+        lines.append("- labels: " + (", ".join(f"{k} {v}" for k, v in sorted((c.get("labels") or {}).items()))
+                                     or "—"))
+        if c.get("labels_rejected"):
+            lines.append(f"- imported labels rejected (not short identifiers): {c['labels_rejected']}")
     aug = c["augmentation"]
     lines += ["", "## Augmentation", "", f"- methods: {', '.join(aug['methods']) or 'none'}; added: "
               f"{aug['added'] or 'none'}", f"- {aug['provenance']}"]

@@ -9,13 +9,16 @@ and never an ASGI connection, so the API, the CLI and the worker share them.
   ``ready`` version; the decision is bound to the content digest (a stated ``digest`` must match it), and a
   flagged bias report blocks approval unless the approver waives it (the waiver is its own audit event).
 * delete: shards and quarantine removed from the store, the upload too; rows and audit trail stay (marked
-  deleted), so "which data did this run use" is still answerable.
+  deleted), so "which data did this run use" is still answerable. Every training run that used the version is
+  marked (``reproducibility.dataset_deleted_at`` and a ``dataset_deleted`` run event): its model was trained on
+  data that has since been erased, which a retention or erasure review must be able to find.
 * :func:`iter_records`: the read side for training runs: only an approved version whose digest still matches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -26,15 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import String, column, func, select, table
 
 from gateway.audit.events import AuditEvent, Tag
 from gateway.authn.stepup import has_fresh_mfa
 from gateway.context import RequestContext
+from gateway.datasets.evalsets import matches, write_jsonl
 from gateway.datasets.shards import KeyringSealer, Manifest, iter_split
 from gateway.datasets.storage import ObjectStore, store_from_url
 from gateway.datasets.uploads import UploadWriter
-from gateway.db.base import new_id, utcnow
+from gateway.db.base import JSONType, UTCDateTime, new_id, utcnow
 from gateway.db.datasets import CLASSIFICATIONS, Dataset, DatasetApproval, DatasetVersion
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 
@@ -44,7 +48,11 @@ PII_METHODS = ("redact", "mask", "pseudonymise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEES_ALL = ("admin", "approver")
 #: pipeline settings a request may tune (``--config FILE``), validated by the worker
-CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max")
+CONFIG_SECTIONS = ("quality", "dedup", "bias", "shard_records", "parallel_after", "pii_region", "augment_max",
+                   "augment_pivot", "synthetic", "tags", "chunk_records")
+AUGMENT = ("counterfactual", "paraphrase", "backtranslate", "synthetic")
+#: augmentation that calls a served model (``augment_model``) with the registrant's rights
+MODEL_AUGMENT = ("paraphrase", "backtranslate", "synthetic")
 
 
 class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,7 +69,8 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pii: str = "redact"
     on_error: str = "fail"
     augment: list[str] = msgspec.field(default_factory=list)
-    #: the model alias paraphrases come from (``augment: paraphrase``), called with the registrant's rights
+    #: the model alias paraphrases, back-translations and synthetic rows come from, called with the registrant's
+    #: rights
     augment_model: str | None = None
     validation_fraction: float = 0.1
     tokenizer: str | None = None
@@ -78,10 +87,11 @@ class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for param, value, allowed in checks:
             if value not in allowed:
                 raise BadRequest(f"{param} must be one of {', '.join(allowed)}", param=param)
-        if any(a not in ("counterfactual", "paraphrase") for a in self.augment):
-            raise BadRequest("augment: counterfactual or paraphrase", param="augment")
-        if "paraphrase" in self.augment and not self.augment_model:
-            raise BadRequest("augment paraphrase needs augment_model (a model alias you may use)",
+        if any(a not in AUGMENT for a in self.augment):
+            raise BadRequest(f"augment: one of {', '.join(AUGMENT)}", param="augment")
+        needs_model = [a for a in self.augment if a in MODEL_AUGMENT]
+        if needs_model and not self.augment_model:
+            raise BadRequest(f"augment {needs_model[0]} needs augment_model (a model alias you may use)",
                              param="augment_model")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BadRequest("validation_fraction must be within [0, 1)", param="validation_fraction")
@@ -147,6 +157,9 @@ class DatasetView(msgspec.Struct):
     created_at: str
     deleted: bool
     card: dict[str, Any]
+    #: per-record tag counts (source, topic, language) and label counts from the data card
+    tags: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    labels: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 @dataclass
@@ -282,6 +295,34 @@ class DatasetService:
                                               reasons={k: len(v) for k, v in samples.items()}))
         return {"id": row.id, "removed": seen, "samples": samples}
 
+    async def export(self, ctx: RequestContext, version_id: str, out: Path | None = None, *,
+                     split: str = "validation", label: str | None = None, tag: str | None = None,
+                     include_synthetic: bool = False, limit: int = 100_000) -> tuple[int, list[dict[str, Any]]]:
+        """The records of ``split`` with ``label``/``tag`` (an evaluation set), at most ``limit``: written as JSONL
+        to ``out`` (0600, atomically; the CLI) or returned (the API). The version must be ready or approved and
+        not deleted. Audited (the selection and the count, never content). Returns ``(count, rows)``; rows are
+        empty when written to ``out``."""
+        if split not in ("train", "validation"):
+            raise BadRequest("split must be train or validation", param="split")
+        async with self.db.session() as s:
+            row, _ = await self._visible(ctx, version_id, s)
+        if row.deleted_at is not None or row.status not in ("ready", "approved") or not row.manifest:
+            raise Conflict(f"dataset version {version_id} is {'deleted' if row.deleted_at else row.status}; "
+                           "only a ready or approved version can be exported", code="dataset_not_exportable")
+        manifest = Manifest(version=row.id, shards=row.manifest.get("shards", []))
+        selected = (r for r in iter_split(self.store, KeyringSealer(self.keyring, row.id), manifest, split)
+                    if matches(r, tag=tag, label=label, include_synthetic=include_synthetic))
+        records = itertools.islice(selected, limit)
+        if out is not None:
+            count, rows = await asyncio.to_thread(write_jsonl, records, out), []
+        else:
+            rows = await asyncio.to_thread(list, records)
+            count = len(rows)
+        await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_EXPORT, target=f"dataset-version:{row.id}",
+                                              split=split, label=label, tag_filter=tag, synthetic=include_synthetic,
+                                              records=count, digest=row.content_digest))
+        return count, rows
+
     # --- governance ------------------------------------------------------------------------------------------
     async def approve(self, ctx: RequestContext, version_id: str, decision: Decision) -> DatasetView:
         return await self._decide(ctx, version_id, decision, "approved")
@@ -345,11 +386,12 @@ class DatasetService:
                 DatasetVersion.id != row.id))).scalar_one()
             if remaining == 0:
                 dataset.deleted_at = utcnow()
+            runs = await mark_runs_of_deleted(s, row.id, row.deleted_at, ctx.principal.id)
         removed = self.store.delete_prefix(row.id)
         self.discard_upload(input_ref)
         await self.audit.record(AuditEvent.of(ctx, Tag.DATASET_DELETE, target=f"dataset-version:{row.id}",
                                               objects_removed=removed, digest=row.content_digest,
-                                              status=row.status))
+                                              status=row.status, runs_marked=runs))
         return await self.get(ctx, version_id)
 
     def discard_upload(self, input_ref: str | None) -> None:
@@ -447,6 +489,32 @@ async def iter_records(service: DatasetService, version_id: str, split: str = "t
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
+# The runs domain's tables, by name (as the runs domain reads ``dataset_versions``): neither imports the other.
+_runs = table("training_runs", column("id", String), column("dataset_id", String),
+              column("reproducibility", JSONType), column("updated_at", UTCDateTime()))
+_run_events = table("training_run_events", column("run_id", String), column("at", UTCDateTime()),
+                    column("type", String), column("data", JSONType))
+
+
+async def mark_runs_of_deleted(s: Any, version_id: str, when: Any, actor: str) -> list[str]:
+    """Mark every training run of ``version_id`` as trained on erased data: ``reproducibility`` gains
+    ``dataset_deleted_at`` (and who deleted it), and the run's event log a ``dataset_deleted`` event. No migration:
+    ``reproducibility`` is already a JSON column. Returns the run ids (for the audit event); none when the runs
+    tables are not installed."""
+    try:
+        async with s.begin_nested():
+            rows = (await s.execute(select(_runs.c.id, _runs.c.reproducibility)
+                                    .where(_runs.c.dataset_id == version_id))).all()
+    except Exception:  # noqa: BLE001 - no runs tables (datasets without training): nothing to mark
+        return []
+    at = when.isoformat()
+    for run_id, repro in rows:
+        marked = {**(repro or {}), "dataset_deleted_at": at, "dataset_deleted_by": actor}
+        await s.execute(_runs.update().where(_runs.c.id == run_id).values(reproducibility=marked, updated_at=when))
+        await s.execute(_run_events.insert().values(run_id=run_id, at=when, type="dataset_deleted",
+                                                    data={"dataset": version_id, "deleted_at": at}))
+    return [r for r, _ in rows]
+
 
 def _sees_all(ctx: RequestContext) -> bool:
     return any(r in SEES_ALL for r in ctx.principal.roles)
@@ -480,4 +548,5 @@ def _view(row: DatasetVersion, dataset: Dataset, approvals: list[DatasetApproval
         approvals=[{"approver": a.approver, "decision": a.decision, "digest": a.digest, "reason": a.reason,
                     "bias_waived": a.bias_waived, "at": a.created_at.isoformat()} for a in approvals],
         created_at=row.created_at.isoformat(), deleted=row.deleted_at is not None, card=dict(row.card or {}),
+        tags=dict((row.card or {}).get("tags") or {}), labels=dict((row.card or {}).get("labels") or {}),
     )

@@ -32,7 +32,8 @@ def build(*, version_id: str, config: Any, report: Any, stages: list[dict[str, A
           splits: dict[str, int], quarantined: int, languages: dict[str, int], boilerplate_lines: int,
           duplicates: dict[str, int], bias: dict[str, Any], augmentation: dict[str, int],
           augment_failures: dict[str, int], tokens: dict[str, Any],
-          chars: int, digest: str, seconds: float) -> dict[str, Any]:
+          chars: int, digest: str, seconds: float, tagging: dict[str, Any] | None = None) -> dict[str, Any]:
+    tagging = tagging or {}
     return {
         "id": version_id,
         "format": report.format,
@@ -52,10 +53,17 @@ def build(*, version_id: str, config: Any, report: Any, stages: list[dict[str, A
         "duplicates": duplicates,
         "languages": languages,
         "bias": bias,
+        "tags": tagging.get("tags", {}),
+        "labels": tagging.get("labels", {}),
+        "labels_by_split": tagging.get("labels_by_split", {}),
+        "labels_rejected": tagging.get("labels_rejected", 0),
         "augmentation": {"added": augmentation, "methods": list(config.augment), "model": config.augment_model,
                          "failed_calls": augment_failures,
-                         "provenance": "added rows carry meta.augmented, meta.synthetic and meta.source "
-                                       "(content hash of the source row); training split only"},
+                         "pivot": config.augment_pivot if "backtranslate" in config.augment else None,
+                         "provenance": "added rows carry meta.augmented (counterfactual, paraphrase, "
+                                       "backtranslation, synthetic), meta.synthetic, meta.model and meta.source "
+                                       "(content hash of the source row) or meta.seeds (synthetic rows); "
+                                       "training split only; model output is PII-scrubbed again"},
         "not_covered": [
             "PII types listed in pii_not_covered",
             "language detection below quality.language_min_chars characters",

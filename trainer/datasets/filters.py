@@ -66,6 +66,7 @@ class QualityFilter:
         self.config = config or QualityConfig()
         self._boiler = [re.compile(p, re.IGNORECASE) for p in self.config.boilerplate]
         self.languages: Counter[str] = Counter()
+        self.last_language = "und"
         self.boilerplate_lines = 0
         self._langid = None
 
@@ -82,9 +83,13 @@ class QualityFilter:
         return "\n".join(kept).strip()
 
     def check(self, record: Record) -> tuple[Record, str | None]:
+        """Also notes the detected language in ``meta.language`` (the language tag)."""
         record = map_texts(record, self.strip_boilerplate)
         text = joined_text(record)
+        self.last_language = "und"
         reason = self.reason(text)
+        if "meta" in record:
+            record["meta"] = {**record["meta"], "language": self.last_language}
         return record, reason
 
     def reason(self, text: str) -> str | None:
@@ -116,7 +121,7 @@ class QualityFilter:
             if reason:
                 return reason
         if c.languages is not None and len(text) >= c.language_min_chars:
-            lang = self.language(text)
+            lang = self.last_language = self.language(text)
             self.languages[lang] += 1
             if lang not in c.languages:
                 return "language"

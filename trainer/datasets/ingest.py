@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from trainer.datasets.records import Record
+from trainer.datasets.tags import clean_labels
 
 FORMATS = ("auto", "chat", "prompt_completion", "text")
 ROLES = {"system", "user", "assistant", "tool"}
@@ -59,6 +60,8 @@ class IngestConfig:
     max_line_bytes: int = 8 * 1024 * 1024
     max_member_bytes: int = 64 * 1024 * 1024  # one file inside a zip (zip-bomb guard)
     max_total_bytes: int = 16 * 1024 * 1024 * 1024
+    #: a field of each JSONL object / CSV column imported as the record's labels (``meta.labels``)
+    label_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _jsonl(source: Source, config: IngestConfig, report: IngestReport) -> Iterat
             if problem:
                 _bad(report, config, lineno, problem)
                 continue
-            record["meta"] = {"line": lineno}
+            record["meta"] = _with_labels({"line": lineno}, obj, config.label_field)
             report.records += 1
             yield record
     if report.format == "auto":
@@ -201,6 +204,16 @@ def _bad(report: IngestReport, config: IngestConfig, lineno: int, message: str) 
     report.add_error(lineno, message)
 
 
+def _with_labels(meta: dict, row: object, label_field: str | None) -> dict:
+    """``meta`` plus the row's imported labels (short identifiers only; the rest is counted, not kept)."""
+    if label_field and isinstance(row, dict) and row.get(label_field) not in (None, ""):
+        labels, rejected = clean_labels(row[label_field])
+        meta["labels"] = labels
+        if rejected:
+            meta["labels_rejected"] = rejected
+    return meta
+
+
 # --- CSV -----------------------------------------------------------------------------------------------------
 def _csv(source: Source, config: IngestConfig, report: IngestReport) -> Iterator[Record]:
     csv.field_size_limit(config.max_line_bytes)
@@ -231,7 +244,7 @@ def _csv(source: Source, config: IngestConfig, report: IngestReport) -> Iterator
                 record: Record = {"prompt": row["prompt"], "completion": row["completion"]}
             else:
                 record = {"text": row[config.text_field]}
-            record["meta"] = {"line": lineno}
+            record["meta"] = _with_labels({"line": lineno}, row, config.label_field)
             report.records += 1
             yield record
 
