@@ -275,3 +275,25 @@ def test_redis_stopped_under_traffic_fails_closed_then_limits_hold_after_restart
     statuses = [httpx.post(d.gateways[i % 2].url + "/v1/chat/completions", json=chat(), headers=headers,
                            timeout=30).status_code for i in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_gateway_sigkilled_under_traffic_chain_verifies_and_the_other_replica_serves(deployment: Deployment) -> None:
+    """Fault drill (last in this module: it kills one of its gateways). Traffic on both replicas; one gets
+    SIGKILL mid-traffic. The other keeps answering 200 throughout, and `palisade audit verify` passes over the
+    chain both wrote to."""
+    d = deployment
+    survivor, victim = d.gateways
+    key = create_key(d.env, "sigkill")
+    with Traffic(survivor.url, key) as steady, Traffic(victim.url, key) as doomed:
+        wait_until(lambda: steady.between(0, time.monotonic()).count(200) >= 5
+                   and doomed.between(0, time.monotonic()).count(200) >= 5, what="traffic on both replicas")
+        victim.proc.kill()  # SIGKILL: no shutdown, no flush
+        victim.proc.wait()
+        killed_at = time.monotonic()
+        wait_until(lambda: steady.between(killed_at, time.monotonic()).count(200) >= 10,
+                   what="the survivor to keep serving")
+    after = steady.between(killed_at, time.monotonic())
+    assert after and set(after) == {200}, sorted(set(after))
+    assert set(doomed.between(killed_at, time.monotonic())) <= {-1}  # only connection errors from the dead one
+    verify = cli(d.env, "audit", "verify", check=False)
+    assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]

@@ -29,6 +29,14 @@ ST = str(Path(sys.executable).parent / "st")
 #: operations a fuzzer must not run against the shared gateway: they end the session doing the fuzzing, or
 #: replace the policy for everybody (an empty or all-deny policy is valid input)
 EXCLUDED = ("logout", "logoutEverywhere", "applyPolicy", "rollbackPolicy")
+#: ... and, for a person's session, the ones that end it from the side: disabling a user (the stateful phase
+#: follows links from the user list to one's own id) and failed logins to one's own name (lockout after 100).
+#: The login steps are public: the app principals' runs fuzz them.
+EXCLUDED_FOR_PEOPLE = ("disableUser", "login", "loginTotp", "loginRecovery", "loginWebauthn", "loginWebauthnOptions")
+#: a person's own operations that check a password or a second factor: 100 wrong ones lock the account (and end
+#: the session), so a person's main run leaves them out and a last run (``only=CREDENTIAL_CHECKS``) fuzzes them
+CREDENTIAL_CHECKS = ("stepUp", "stepUpWebauthn", "stepUpWebauthnOptions", "totpChangeBegin", "totpChangeConfirm",
+                     "recoveryCodes", "webauthnRegister", "webauthnRegisterOptions", "webauthnRemove")
 
 
 @dataclass
@@ -50,14 +58,20 @@ def login(gw: GatewayProcess, env: dict, role: str) -> Principal:
     return Principal(role, {"Cookie": session, "X-CSRF-Token": r2.json()["csrf_token"]})
 
 
-def principals(gw: GatewayProcess, env: dict) -> dict[str, Principal]:
-    made = {role: login(gw, env, role) for role in ("admin", "ml_engineer", "approver")}
-    made["app_key"] = Principal("app_key", {"Authorization": f"Bearer {create_key(env, 'fuzz-app')}"})
-    client = json.loads(cli(env, "clients", "create", "--name", "fuzz-client").stdout.strip().splitlines()[-1])
-    token = httpx.post(gw.url + "/oauth/token", data={"grant_type": "client_credentials"},
-                       auth=(client["client_id"], client["client_secret"]), timeout=30).json()["access_token"]
-    made["oauth_app"] = Principal("oauth_app", {"Authorization": f"Bearer {token}"})
-    return made
+KINDS = ("admin", "ml_engineer", "approver", "app_key", "oauth_app")
+
+
+def make_principal(gw: GatewayProcess, env: dict, kind: str) -> Principal:
+    """A fresh principal of ``kind``, made just before its run: an admin's fuzzing may revoke keys, disable
+    clients or rotate signing keys it finds through links, so credentials are never shared between runs."""
+    if kind == "app_key":
+        return Principal(kind, {"Authorization": f"Bearer {create_key(env, 'fuzz-app')}"})
+    if kind == "oauth_app":
+        client = json.loads(cli(env, "clients", "create", "--name", "fuzz-client").stdout.strip().splitlines()[-1])
+        token = httpx.post(gw.url + "/oauth/token", data={"grant_type": "client_credentials"},
+                           auth=(client["client_id"], client["client_secret"]), timeout=30).json()["access_token"]
+        return Principal(kind, {"Authorization": f"Bearer {token}"})
+    return login(gw, env, kind)
 
 
 @dataclass
@@ -69,15 +83,23 @@ class FuzzResult:
 
 
 def fuzz(gw: GatewayProcess, who: Principal, workdir: Path, *, examples: int, seed: int = 1,
-         phases: str = "examples,coverage,fuzzing,stateful", timeout: float = 600) -> FuzzResult:
+         phases: str = "examples,coverage,fuzzing,stateful", timeout: float = 600,
+         only: tuple[str, ...] = ()) -> FuzzResult:
+    """One ``st run`` as ``who``; ``only`` limits it to those operation ids (else: all but the exclusions)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    junit = workdir / f"{who.kind}.xml"
+    junit = workdir / f"{who.kind}{'-only' if only else ''}.xml"
     args = [ST, "run", f"{gw.url}/schema/openapi.json", "--checks", "not_a_server_error",
             "--max-examples", str(examples), "--seed", str(seed), "--phases", phases, "--workers", "1",
             "--request-timeout", "30", "--no-color", "--continue-on-failure", "--suppress-health-check", "all",
-            "--report", "junit", "--report-junit-path", str(junit), "--generation-database", "none"]
-    for op in EXCLUDED:
-        args += ["--exclude-operation-id", op]
+            "--report", "junit", "--report-junit-path", str(junit), "--generation-database", "none",
+            "--generation-with-security-parameters", "false"]  # our credentials, not generated ones
+    person = "Cookie" in who.headers
+    if only:
+        for op in only:
+            args += ["--include-operation-id", op]
+    else:
+        for op in EXCLUDED + (EXCLUDED_FOR_PEOPLE + CREDENTIAL_CHECKS if person else ()):
+            args += ["--exclude-operation-id", op]
     for name, value in who.headers.items():
         args += ["-H", f"{name}: {value}"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=workdir)
