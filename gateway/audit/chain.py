@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.audit.appender import appender_for
 from gateway.audit.canonical import GENESIS, canonical_details, checkpoint_payload, iso, record_hash
 from gateway.audit.events import AuditEvent
 from gateway.audit.pins import keys_file_of, pinner
-from gateway.audit.readiness import chain_ready
+from gateway.audit.readiness import chain_ready, store_accepts
 from gateway.audit.shipping import Sink, sinks_from_settings
 from gateway.audit.signing import AuditSigner
 from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
@@ -35,6 +36,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.observability import tracing
 from gateway.settings import Settings
 
+PROBE_EVERY_S = 1.0
 _log = structlog.get_logger("palisade.audit")
 _SECRET_KEY = re.compile(
     r"(authorization|api[_-]?key|secret|password|token|cookie|totp|otp|seed|credential)", re.I
@@ -75,6 +77,10 @@ class AuditChain:
         self._last_cp_seq = 0
         self._closed = False
         self.checkpoint_ok = True  # the last checkpoint was signed and stored (both copies)
+        #: the store refused the last append (or a readiness probe): callers ask ``accepting()`` before doing work
+        #: whose record could not be written (an upstream call), so a refusing store costs no model time
+        self.refusing = False
+        self._probed_at = 0.0
         self._appender = appender_for(settings, db.engine)  # a dedicated connection for the batch writer
         self._cp_task: asyncio.Task[None] | None = None
 
@@ -124,13 +130,31 @@ class AuditChain:
         # later, but the request is refused now
         timer = loop.call_later(self.settings.audit_write_timeout_s, _expire, future)
         try:
-            return await future
+            seq = await future
         except AuditUnavailable:
+            self.refusing = True
             raise
         except Exception as exc:
+            self.refusing = True
             raise AuditUnavailable() from exc
         finally:
             timer.cancel()
+        self.refusing = False
+        return seq
+
+    async def accepting(self) -> bool:
+        """False while the store is known to refuse appends; then at most one probe a second (an append rolled
+        back, as /readyz does) finds out whether it accepts again."""
+        if self._closed or self._writer is None or self._writer.done():
+            return False
+        if not self.refusing:
+            return True
+        now = time.monotonic()
+        if now - self._probed_at < PROBE_EVERY_S:
+            return False
+        self._probed_at = now
+        self.refusing = not await store_accepts(self)
+        return not self.refusing
 
     # --- group commit -------------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -271,7 +295,12 @@ class AuditChain:
 
     async def ready(self) -> bool:
         """For /readyz (gateway.audit.readiness): writer running, checkpoints signing, store accepting appends."""
-        return await chain_ready(self)
+        ok = await chain_ready(self)
+        if ok:
+            self.refusing = False  # its probe append just went through
+        elif not self._closed:  # seen here first (a load balancer's probe): refuse before model work too
+            self.refusing = not await store_accepts(self)
+        return ok
 
     async def _tick_loop(self) -> None:
         interval = self.settings.audit_checkpoint_interval_s

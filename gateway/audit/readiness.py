@@ -39,6 +39,15 @@ async def chain_ready(chain: Any) -> bool:
     return True
 
 
+async def store_accepts(chain: Any) -> bool:
+    """Does the store take an append now? (the probe alone, rolled back)"""
+    try:
+        await asyncio.wait_for(_probe_append(chain), timeout=PROBE_TIMEOUT_S + 1)
+    except Exception:
+        return False
+    return True
+
+
 async def _probe_append(chain: Any) -> None:
     async with chain.db.engine.connect() as conn:
         trans = await conn.begin()

@@ -10,8 +10,8 @@ from litestar.response import Template
 from gateway.authz.actions import Action
 from gateway.console.access import UIDep, fragment
 from gateway.console.stepup import ensure_step_up
+from gateway.db.runs import FINAL
 from gateway.errors import ApiError
-from gateway.runs.models import FINAL
 from gateway.runs.service import METHODS, RunCreate, RunService
 
 STEP_UP_NEEDED = "Approving needs a code from your authenticator (your last check is older than 5 minutes)."

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.audit.events import AuditEvent, AuditTrail, Tag
+from gateway.audit.chain import AuditChain
+from gateway.audit.events import AuditEvent, Tag
 from gateway.authz.actions import Action
 from gateway.authz.service import Authorization
 from gateway.context import RequestContext
@@ -89,7 +90,7 @@ class Completed:
 class InferenceService:
     def __init__(
         self, settings: Settings, router: Router, models: ModelDirectory, authz: Authorization, limiter: Limiter,
-        audit: AuditTrail, keyring: Keyring,
+        audit: AuditChain, keyring: Keyring,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -151,6 +152,9 @@ class InferenceService:
                         param="max_tokens", code="context_length_exceeded",
                     )
                 params.max_tokens = room
+        if not await self.audit.accepting():  # its record could not be written: no model time, no reservation
+            raise ServiceUnavailable("the audit trail cannot record this request; refusing to answer",
+                                     headers={"Retry-After": "5"})
         priority = PRIORITY_LOW if ctx.priority == "batch" else None
         with tracing.span("limits", model=alias, tokens=prompt_tokens + params.max_tokens):
             reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
