@@ -64,13 +64,14 @@ def _base_resolver(services):
 
 async def _execute(services, run_id: str) -> dict[str, Any]:
     from gateway.context import Principal, RequestContext
+    from trainer.runs.baseline import production_metrics_from
     from trainer.runs.execute import RunExecutor
 
     system = RequestContext.for_principal(Principal(id="system:trainer", kind="app", name="trainer",
                                                     auth_method="cli"))
     executor = RunExecutor(db=services.db, audit=services.audit, owner=_owner(), data_dir=services.settings.data_dir,
                            open_dataset=_dataset_opener(services), registry=services.models.registry, ctx=system,
-                           resolve_base=_base_resolver(services))
+                           resolve_base=_base_resolver(services), production_metrics=production_metrics_from(services.db))
     return await executor.execute(run_id)
 
 
