@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.db.registry import ModelAlias, ModelVersion, RegisteredModel
+from gateway.models.evaluations import recorded_metrics
 
 #: the run config key naming the alias a run's candidate is meant for (not a training setting: the executor
 #: strips it before the training process sees the config)
@@ -47,11 +48,11 @@ async def production_baseline(db, run) -> dict[str, Any] | None:
                     select(ModelVersion).where(ModelVersion.model_id == base.model_id,
                                                ModelVersion.status == "production")
                     .order_by(ModelVersion.status_changed_at.desc()).limit(1))
-        if version is None or version.status != "production" or not version.eval_results:
+        if version is None or version.status != "production" or not recorded_metrics(version.eval_results):
             return None
         model = await s.get(RegisteredModel, version.model_id)
         return {"version": version.id, "model": model.name if model else None, "alias": alias,
-                "metrics": dict(version.eval_results)}
+                "metrics": recorded_metrics(version.eval_results)}
 
 
 def production_metrics_from(db):
