@@ -200,9 +200,8 @@ async def test_continuous_task_remeasures_on_the_evaluation_set(env, services, w
     # a reference far better than today (as if the model had degraded since): drift on the metric
     async with services.db.session() as s:
         row = await s.get(ModelVersion, vid)
-        history = row.eval_results[HISTORY_KEY]
-        history[0] = {**history[0], "metrics": {"perplexity": {"value": measured["value"] / 2}}}
-        row.eval_results = {**row.eval_results, HISTORY_KEY: history}
+        history = [{**first, "metrics": {"perplexity": {"value": measured["value"] / 2}}}]
+        row.eval_results = {"perplexity": 7.0, HISTORY_KEY: history}
     out = services.jobs.app.send_task("palisade.eval.continuous", queue="cpu").get(timeout=180)
     assert "measured" in out["drifting"]
     async with services.db.session() as s:
