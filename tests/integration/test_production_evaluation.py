@@ -244,3 +244,29 @@ async def test_reaper_requeues_only_runs_whose_lease_expired(env, services, work
         events = (await s.scalars(select(AuditRecord).where(AuditRecord.tag == "training:run:requeue",
                                                             AuditRecord.target == f"run:{dead.id}"))).all()
     assert len(events) == 1
+
+
+async def test_evaluations_api_is_guarded(env, services, tmp_path, tiny_models_file):
+    import httpx
+
+    from tests.support.people import login
+    from tests.support.server import GatewayProcess, create_key
+
+    vid = _production(env, "served", {"perplexity": 8.0})
+    await _feedback(services.db, "served", vid, ["down"] * 5)
+    await check_production(services.db, services.audit, Thresholds(min_feedback=5))
+    gw_env = {k: v for k, v in env.items() if k not in ("data_dir", "tiny")} | {
+        "PALISADE_MODELS_FILE": str(tiny_models_file)}
+    gw = GatewayProcess(gw_env, tmp_path / "gw.log").start(ready=False)  # the admin API needs no model loaded
+    try:
+        engineer = login(gw, env, "ml_engineer")
+        r = httpx.get(f"{gw.url}/admin/models/model-served/evaluations", headers=engineer, timeout=10)
+        assert r.status_code == 200, r.text
+        [version] = r.json()["versions"]
+        assert version["id"] == vid and version["recorded"] == {"perplexity": 8.0}
+        assert version["history"][-1]["feedback"]["down_rate"] == 1.0 and version["history"][-1]["drift"]
+        assert httpx.get(f"{gw.url}/admin/models/nosuch/evaluations", headers=engineer, timeout=10).status_code == 404
+        app = {"Authorization": f"Bearer {create_key(env, 'eval-app')}"}
+        assert httpx.get(f"{gw.url}/admin/models/model-served/evaluations", headers=app, timeout=10).status_code == 403
+    finally:
+        gw.stop()
