@@ -69,7 +69,8 @@ def recorded_metrics(eval_results: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def feedback_rate(db: Any, alias: str, version_id: str, since: Any) -> dict[str, Any]:
-    """Ratings of answers by ``version_id`` (or by the alias when the version was not recorded) since ``since``."""
+    """Ratings of answers by ``version_id`` (or by the alias when the version was not recorded) since ``since``;
+    a thumbs-down or a one-star rating counts as "down"."""
     q = select(Feedback.rating, Feedback.score, Feedback.model_version).where(
         Feedback.model == alias, Feedback.updated_at >= since)
     async with db.session() as s:
@@ -126,7 +127,7 @@ async def check_version(db: Any, audit: Any, alias: str, version_id: str, limits
     measured = await measure(alias, version) if measure is not None else None
     history = history_of(version)
     recorded = recorded_metrics(version.eval_results)
-    drift = feedback_drift(feedback, limits)
+    found = [("feedback", why) for why in feedback_drift(feedback, limits)]
     metrics: dict[str, Any] = {}
     eval_set = (measured or {}).get("set")
     for name, value in ((measured or {}).get("metrics") or {}).items():
@@ -136,7 +137,8 @@ async def check_version(db: Any, audit: Any, alias: str, version_id: str, limits
         metrics[name] = {"value": value, "reference": reference, "recorded": recorded.get(name)}
         why = metric_drift(name, float(value), reference, limits) if reference is not None else None
         if why:
-            drift.append(why)
+            found.append(("metric", why))
+    drift = [why for _, why in found]
     row = {"at": now.isoformat(), "alias": alias, "feedback": feedback, "set": eval_set, "metrics": metrics,
            "drift": drift}
     async with db.session() as s:
@@ -147,9 +149,9 @@ async def check_version(db: Any, audit: Any, alias: str, version_id: str, limits
         flag_modified(fresh, "eval_results")
     if feedback["down_rate"] is not None:
         EVAL_FEEDBACK_DOWN_RATE.labels(alias).set(feedback["down_rate"])
+    for kind, _ in found:
+        EVAL_DRIFT.labels(alias, kind).inc()
     if drift:
-        for why in drift:
-            EVAL_DRIFT.labels(alias, "feedback" if "feedback" in why or "thumbs" in why else "metric").inc()
         await audit.record(AuditEvent(tag=Tag.EVAL_DRIFT, actor=ACTOR, target=f"version:{version_id}",
                                       details={"alias": alias, "drift": drift, "feedback": feedback,
                                                "metrics": metrics}))
