@@ -48,7 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 #: every module that declares tasks (``@shared_task(name="palisade.<domain>.<task>")``), named, not imported: the
 #: worker imports them, the gateway never does (it sends by name)
 TASK_MODULES = ["trainer.tasks", "gateway.inference.tasks", "trainer.datasets.tasks", "trainer.runs.tasks",
-                "gateway.batches.tasks", "gateway.ops.tasks"]
+                "gateway.batches.tasks", "gateway.ops.tasks", "trainer.evaluate.tasks"]
 
 
 def make_worker_app(settings: Settings) -> Celery:
@@ -62,11 +62,15 @@ def make_worker_app(settings: Settings) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Scheduled tasks, by name: backups every PALISADE_BACKUP_INTERVAL_S (none when 0)."""
-    if settings.backup_interval_s <= 0:
-        return {}
-    return {"palisade-ops-backup": {"task": "palisade.ops.backup", "schedule": settings.backup_interval_s,
-                                    "options": {"queue": "cpu"}}}
+    """Scheduled tasks, by name: backups every PALISADE_BACKUP_INTERVAL_S, continuous evaluation of production
+    versions every PALISADE_EVAL_INTERVAL_S, the runs reaper every PALISADE_REAP_INTERVAL_S (each none when 0)."""
+    schedule: dict[str, Any] = {}
+    for key, task, every in (("palisade-ops-backup", "palisade.ops.backup", settings.backup_interval_s),
+                             ("palisade-eval-continuous", "palisade.eval.continuous", settings.eval_interval_s),
+                             ("palisade-train-reap", "palisade.train.reap", settings.reap_interval_s)):
+        if every > 0:
+            schedule[key] = {"task": task, "schedule": every, "options": {"queue": "cpu"}}
+    return schedule
 
 
 def make_client(settings: Settings) -> Celery:

@@ -34,3 +34,11 @@ QUEUE_DEPTH = Gauge(
     "palisade_queue_depth", "Requests waiting for a slot (embedded batcher queue, endpoint caps)", ["model"],
     registry=REGISTRY,
 )
+EVAL_DRIFT = Counter(
+    "palisade_eval_drift_total", "Continuous evaluation: drift found on a production alias, by kind "
+    "(feedback | metric)", ["alias", "kind"], registry=REGISTRY,
+)
+EVAL_FEEDBACK_DOWN_RATE = Gauge(
+    "palisade_eval_feedback_down_rate", "Continuous evaluation: thumbs-down share of the alias's recent feedback",
+    ["alias"], registry=REGISTRY,
+)

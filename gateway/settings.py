@@ -139,6 +139,19 @@ class Settings:
     backup_interval_s: float = setting(0.0, "Celery beat runs palisade.ops.backup this often; 0 = none.",
                                        "operations")
     backup_keep: int = setting(7, "Scheduled backups kept (the oldest are pruned first).", "operations")
+    # --- continuous evaluation of production versions and the runs reaper (Celery beat) ----------------------
+    eval_interval_s: float = setting(0.0, "Celery beat runs palisade.eval.continuous this often; 0 = none.",
+                                     "training")
+    eval_feedback_window_s: float = setting(86400.0, "Feedback newer than this counts towards a production "
+                                                     "version's feedback rate.", "training")
+    eval_min_feedback: int = setting(5, "Fewer ratings in the window than this: no feedback drift is judged.",
+                                     "training")
+    eval_max_down_rate: float = setting(0.3, "A thumbs-down share above this is drift.", "training")
+    eval_min_mean_score: float = setting(0.5, "A mean feedback score (0..1) below this is drift.", "training")
+    eval_max_metric_drift: float = setting(0.1, "A re-evaluated metric more than this share worse than the "
+                                                "version's recorded value is drift.", "training")
+    reap_interval_s: float = setting(60.0, "Celery beat runs palisade.train.reap this often (re-enqueues runs "
+                                           "whose worker's lease expired); 0 = none.", "training")
     otel_endpoint: str | None = setting(None, "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; "
                                               "unset = no tracing.", "operations")
     otel_service_name: str = setting("palisade-gateway", "service.name of the gateway's spans.", "operations")

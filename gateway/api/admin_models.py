@@ -14,6 +14,7 @@ from litestar import Controller, get, post, put
 from gateway.api.deps import ContextDep, ServicesDep
 from gateway.authz.actions import Action
 from gateway.models.canary import CanaryReport, CanaryThresholds, Count, Rate, Ratio
+from gateway.models.evaluations import evaluations as model_evaluations
 from gateway.models.views import AliasOut, ModelOut, VersionOut
 
 VersionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -74,6 +75,12 @@ class ModelController(Controller):
     @get("/models/{name:str}", opt={"action": Action.MODEL_READ}, operation_id="getModelRegistryEntry")
     async def show(self, services: ServicesDep, name: str) -> ModelOut:
         return await services.models.registry.show(name)
+
+    @get("/models/{name:str}/evaluations", opt={"action": Action.MODEL_READ}, operation_id="getModelEvaluations")
+    async def evaluations(self, services: ServicesDep, name: str) -> dict[str, Any]:
+        """Each version's recorded evaluation and its continuous-evaluation history (feedback rate, re-measured
+        metrics beside their reference and training-time values, drift), oldest row first."""
+        return await model_evaluations(services.db, name)
 
     @post("/aliases/{alias:str}/promote", opt={"action": Action.MODEL_PROMOTE}, operation_id="promoteAlias",
           status_code=200)

@@ -25,6 +25,10 @@ class Tag:
     RUN_CANCEL = "training:run:cancel"
     RUN_START = "training:run:start"
     RUN_FINISH = "training:run:finish"
+    RUN_REQUEUE = "training:run:requeue"  # the reaper re-enqueued a run whose worker's lease expired
+    # continuous evaluation of production versions (palisade.eval.continuous)
+    EVAL_CONTINUOUS = "eval:production:check"
+    EVAL_DRIFT = "eval:production:drift"
     # audit trail and keyring (issue 5)
     AUDIT_EXPORT = "audit:log:export"
     AUDIT_PRUNE = "audit:log:prune"

@@ -74,7 +74,9 @@ def migrate() -> None:
 @click.option("--queues", default="cpu", show_default=True, help="Comma-separated Celery queues (cpu, gpu).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs run at once.")
 @click.option("--beat", is_flag=True, help="Also run the scheduler (Celery beat) in this worker: scheduled backups "
-                                           "(PALISADE_BACKUP_INTERVAL_S). Exactly one worker of a deployment.")
+                                           "(PALISADE_BACKUP_INTERVAL_S), the runs reaper (PALISADE_REAP_INTERVAL_S) "
+                                           "and continuous evaluation (PALISADE_EVAL_INTERVAL_S). Exactly one worker "
+                                           "of a deployment.")
 def worker(queues: str, concurrency: int, beat: bool) -> None:
     """Run a Celery worker for datasets, training runs and batches."""
     from gateway.jobs import make_worker_app

@@ -21,6 +21,7 @@ from gateway.errors import ApiError
 from gateway.observability import tracing
 from gateway.runs.service import row_digest
 from trainer.evaluate import gates as gatelib
+from trainer.runs.baseline import TARGET_KEY
 from trainer.runs.candidate import candidate_info, register_candidate
 from trainer.runs.data import SPLITS, DatasetSource, JsonlDatasetSource, write_jsonl_source
 from trainer.runs.launcher import TrainingProcess, supervise
@@ -63,7 +64,7 @@ def gate_metrics(result: dict) -> dict[str, Any]:
 
 class RunExecutor:
     def __init__(self, *, db, audit, owner: str, data_dir: Path, open_dataset: Callable[[str], DatasetSource],
-                 registry=None, production_metrics: Callable[[Any], dict | None] = lambda run: None,
+                 registry=None, production_metrics: Callable[[Any], Any] = lambda run: None,
                  grace_s: float = 30.0, poll_s: float = 0.5, heartbeat_s: float = 2.0, gpus: int | None = None,
                  evaluation: dict | None = None, ctx: Any = None,
                  resolve_base: Callable[[str | None, str], Any] = resolve_base) -> None:
@@ -92,7 +93,8 @@ class RunExecutor:
         base = self.resolve_base(run.base, run.method)
         if inspect.isawaitable(base):
             base = await base
-        request = {"method": run.method, "base": base, "config": run.config,
+        config = {k: v for k, v in (run.config or {}).items() if k != TARGET_KEY}  # the alias is not a setting
+        request = {"method": run.method, "base": base, "config": config,
                    "dataset_dir": str(run_dir / "data"), "evaluation": self.evaluation, "name": f"run {run.id}"}
         (run_dir / "request.json").write_text(json.dumps(request))
         return run_dir
@@ -168,13 +170,20 @@ class RunExecutor:
         if code == EXIT_OK and (run_dir / "result.json").exists():
             result = json.loads((run_dir / "result.json").read_text())
             metrics = gate_metrics(result)
-            results = gatelib.check(run.gates or [], metrics, self.production_metrics(run))
+            baseline = self.production_metrics(run)
+            if inspect.isawaitable(baseline):
+                baseline = await baseline
+            # {"version", "model", "alias", "metrics"} from the registry, or a bare metrics mapping
+            production = baseline.get("metrics") if baseline and "metrics" in baseline else baseline
+            results = gatelib.check(run.gates or [], metrics, production)
             info = candidate_info(run, result, results)
             try:
                 version = await register_candidate(self.registry, self.ctx, run, info, results)
             except ApiError as exc:  # e.g. an output kind the registry does not serve (an encoder): keep the run
                 version, info["registration_error"] = None, str(exc)
-            await self.store.finish(run_id, "succeeded", evaluation=metrics, gate_results=results, candidate=info,
+            evaluation = {**metrics, "production": (baseline if baseline and "metrics" in baseline
+                                                    else {"metrics": production}) if production else None}
+            await self.store.finish(run_id, "succeeded", evaluation=evaluation, gate_results=results, candidate=info,
                                     candidate_version=version, reproducibility={**result["reproducibility"],
                                                                                 "config": result["config"]})
             await self._audit(Tag.RUN_FINISH, run_id, status="succeeded", gates_passed=info["gates_passed"],

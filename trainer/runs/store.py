@@ -95,3 +95,36 @@ class RunStore:
                                           **fields)
                                   .execution_options(synchronize_session=False))
             return res.rowcount == 1
+
+
+async def reap_expired(db, lease_ttl: timedelta = LEASE_TTL) -> list[tuple[str, str]]:
+    """Release the lease of every ``running`` run whose holder stopped renewing it; ``[(run id, kind)]`` to
+    re-enqueue (the beat task ``palisade.train.reap`` sends them), so a worker that died after acking its message
+    is taken over without waiting for the broker to redeliver it.
+
+    A live run is never touched: its lease is in the future. Each release is one conditional UPDATE (the lease
+    still expired, the holder unchanged), so two reapers never both re-enqueue a run, and a stale holder that
+    wakes up loses its next heartbeat and stops. A released run that no worker claimed within ``lease_ttl``
+    (``lease_until`` doubles as the time it was released) is handed out again; a duplicate message is a no-op
+    (``RunStore.claim``).
+    """
+    now = utcnow()
+    reaped: list[tuple[str, str]] = []
+    async with db.session() as s:
+        rows = (await s.execute(
+            select(TrainingRun.id, TrainingRun.kind, TrainingRun.lease_owner, TrainingRun.lease_until)
+            .where(TrainingRun.status == "running",
+                   or_(TrainingRun.lease_owner.is_not(None) & (TrainingRun.lease_until < now),
+                       TrainingRun.lease_owner.is_(None) & (TrainingRun.lease_until < now - lease_ttl)))
+        )).all()
+    for run_id, kind, owner, until in rows:
+        async with db.session() as s:
+            holder = TrainingRun.lease_owner.is_(None) if owner is None else TrainingRun.lease_owner == owner
+            res = await s.execute(update(TrainingRun)
+                                  .where(TrainingRun.id == run_id, TrainingRun.status == "running", holder,
+                                         TrainingRun.lease_until == until)
+                                  .values(lease_owner=None, lease_until=now)
+                                  .execution_options(synchronize_session=False))
+            if res.rowcount == 1:
+                reaped.append((run_id, kind))
+    return reaped

@@ -101,7 +101,8 @@ class SweepDriver:
                                                 "params": params}])
             self.enqueue(TASK_RUN, child.id)
             done = await self._follow(sweep_id, child.id, trial)
-            value = lookup({**(done.evaluation or {}), **_last_eval(done)}, metric)
+            own = {k: v for k, v in (done.evaluation or {}).items() if k != "production"}  # not production's numbers
+            value = lookup({**own, **_last_eval(done)}, metric)
             if done.status == "succeeded" and value is not None:
                 study.tell(trial, value)
                 finished.append((done, value))

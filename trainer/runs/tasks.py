@@ -64,13 +64,15 @@ def _base_resolver(services):
 
 async def _execute(services, run_id: str) -> dict[str, Any]:
     from gateway.context import Principal, RequestContext
+    from trainer.runs.baseline import production_metrics_from
     from trainer.runs.execute import RunExecutor
 
     system = RequestContext.for_principal(Principal(id="system:trainer", kind="app", name="trainer",
                                                     auth_method="cli"))
     executor = RunExecutor(db=services.db, audit=services.audit, owner=_owner(), data_dir=services.settings.data_dir,
                            open_dataset=_dataset_opener(services), registry=services.models.registry, ctx=system,
-                           resolve_base=_base_resolver(services))
+                           resolve_base=_base_resolver(services),
+                           production_metrics=production_metrics_from(services.db))
     return await executor.execute(run_id)
 
 
@@ -89,3 +91,21 @@ def train_run(run_id: str) -> dict[str, Any]:
 @shared_task(name="palisade.train.sweep", acks_late=True, reject_on_worker_lost=True)
 def train_sweep(run_id: str) -> dict[str, Any]:
     return run_in_services(lambda services: _sweep(services, run_id))
+
+
+async def _reap(services) -> dict[str, Any]:
+    from gateway.audit.events import AuditEvent, Tag
+    from trainer.runs.store import reap_expired
+
+    reaped = await reap_expired(services.db)
+    for run_id, kind in reaped:
+        services.jobs.enqueue("palisade.train.sweep" if kind == "sweep" else "palisade.train.run", run_id)
+        await services.audit.record(AuditEvent(tag=Tag.RUN_REQUEUE, actor="system:reaper", target=f"run:{run_id}",
+                                               details={"reason": "lease expired while running", "kind": kind}))
+    return {"requeued": [run_id for run_id, _ in reaped]}
+
+
+@shared_task(name="palisade.train.reap")
+def reap_runs() -> dict[str, Any]:
+    """Beat: re-enqueue runs whose worker died (lease expired while ``running``); see ``store.reap_expired``."""
+    return run_in_services(_reap)
