@@ -6,27 +6,18 @@ deleted version cannot be exported."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.support.server import ROOT, base_env, cli
+from tests.support.server import celery_worker, cli, embedded_env
 from tests.unit.test_datasets_pipeline import prose
 
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
-    data = tmp_path_factory.mktemp("ds-export")
-    env = base_env(data)
-    cli(env, "migrate")
-    log = open(data.parent / "export-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu"], env=env, cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT)
-    yield env, data
-    worker.terminate()
-    worker.wait(timeout=30)
-    log.close()
+    env, data = embedded_env(tmp_path_factory, "ds-export")
+    with celery_worker(env, data.parent / "export-worker.log"):
+        yield env, data
 
 
 def last_json(proc):

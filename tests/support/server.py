@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -100,3 +103,30 @@ def principal_ids(env: dict[str, str], *keys: str) -> list[str]:
     rows = [json.loads(line) for line in cli(env, "keys", "list").stdout.splitlines() if line.startswith("{")]
     by_prefix = {r["prefix"]: r["id"] for r in rows}
     return ["key:" + by_prefix["_".join(k.split("_")[:2])] for k in keys]
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict[str, str], log_path: Path, *, queues: str = "cpu", concurrency: int = 1,
+                  beat: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """``palisade worker`` in a subprocess (same environment as the gateway), stopped with a warm shutdown."""
+    args = [sys.executable, "-m", "gateway.cli", "worker", "--queues", queues, "--concurrency", str(concurrency)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([*args, *(["--beat"] if beat else [])], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def embedded_env(tmp_path_factory: Any, name: str, **extra: str) -> tuple[dict[str, str], Path]:
+    """A migrated embedded-mode data dir (SQLite, SQLite broker) and its environment."""
+    data = tmp_path_factory.mktemp(name)
+    env = base_env(data, **extra)
+    cli(env, "migrate")
+    return env, data
