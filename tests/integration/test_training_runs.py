@@ -34,7 +34,17 @@ def person(name: str, *roles: str, fresh: bool = True, method: str = "session") 
                                     mfa_at=utcnow() if fresh else utcnow() - timedelta(hours=1)))
 
 
-ALICE, BOB, CAROL = person("alice", "ml_engineer"), person("bob", "approver"), person("carol", "ml_engineer")
+# made at each use: a context's MFA time is "now" when the test acts, however late in the suite it runs
+def ALICE() -> RequestContext:  # noqa: N802
+    return person("alice", "ml_engineer")
+
+
+def BOB() -> RequestContext:  # noqa: N802
+    return person("bob", "approver")
+
+
+def CAROL() -> RequestContext:  # noqa: N802
+    return person("carol", "ml_engineer")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +103,7 @@ def _request(env, **config) -> RunCreate:
 async def _wait(service, run_id, pred, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        view = await service.get(BOB, run_id)
+        view = await service.get(BOB(), run_id)
         if pred(view):
             return view
         await asyncio.sleep(0.5)
@@ -103,28 +113,28 @@ async def _wait(service, run_id, pred, timeout=240):
 async def test_approval_rules(env, services):
     service, db, sent, _jobs = services
     with pytest.raises(Conflict, match="not approved"):
-        await service.create(ALICE, replace(_request(env), dataset="dsready"))
+        await service.create(ALICE(), replace(_request(env), dataset="dsready"))
     with pytest.raises(NotFound):
-        await service.create(ALICE, replace(_request(env), dataset="nosuch"))
-    run = await service.create(ALICE, _request(env))
+        await service.create(ALICE(), replace(_request(env), dataset="nosuch"))
+    run = await service.create(ALICE(), _request(env))
     assert run.status == "awaiting_approval"
     with pytest.raises(Forbidden) as self_approval:
-        await service.approve(ALICE, run.id)
+        await service.approve(ALICE(), run.id)
     assert self_approval.value.status_code == 403 and "requester" in str(self_approval.value)
     with pytest.raises(Forbidden, match="multi-factor"):
         await service.approve(person("bob", "approver", fresh=False), run.id)
     with pytest.raises(Forbidden, match="session"):
         await service.approve(person("bob", "approver", method="api_key"), run.id)
     with pytest.raises(NotFound):
-        await service.get(CAROL, run.id)
+        await service.get(CAROL(), run.id)
     with pytest.raises(Conflict, match="changed"):
-        await service.approve(BOB, run.id, digest="0" * 64)
+        await service.approve(BOB(), run.id, digest="0" * 64)
     assert sent == []
 
     # a request changed after approval is refused by the task (the approval is bound to the digest)
     from trainer.runs.execute import RunExecutor, open_local_dataset
 
-    approved = await service.approve(BOB, run.id)
+    approved = await service.approve(BOB(), run.id)
     assert approved.status == "queued" and sent == [(TASK_RUN, run.id)]
     async with db.session() as s:
         row = await s.get(TrainingRun, run.id)
@@ -142,7 +152,7 @@ async def test_approval_rules(env, services):
     view = await _wait(service, run.id, lambda v: v.status == "failed")
     assert "approval" in view.error
     with pytest.raises(ApiError):
-        await service.cancel(ALICE, run.id)
+        await service.cancel(ALICE(), run.id)
 
 
 async def test_cli_create_show_list_cancel(env, tmp_path):
@@ -196,8 +206,8 @@ async def test_lease_admits_one_worker_and_passes_to_another_when_it_dies(env, s
 
 async def test_duplicated_task_trains_once(env, services, worker):
     service, db, _sent, jobs = services
-    run = await service.create(ALICE, _request(env))
-    await service.approve(BOB, run.id)  # sends the task once...
+    run = await service.create(ALICE(), _request(env))
+    await service.approve(BOB(), run.id)  # sends the task once...
     jobs.enqueue(TASK_RUN, run.id)  # ...and a duplicate delivery
     view = await _wait(service, run.id, lambda v: v.status in ("succeeded", "failed"))
     assert view.status == "succeeded", view.error
@@ -214,10 +224,10 @@ async def test_duplicated_task_trains_once(env, services, worker):
 
 async def test_cancel_ends_cancelled_with_checkpoint(env, services, worker):
     service, _db, _sent, _jobs = services
-    run = await service.create(ALICE, _request(env, max_steps=100_000, checkpoint_every=100_000))
-    await service.approve(BOB, run.id)
+    run = await service.create(ALICE(), _request(env, max_steps=100_000, checkpoint_every=100_000))
+    await service.approve(BOB(), run.id)
     await _wait(service, run.id, lambda v: v.metrics.get("step", 0) >= 1)
-    await service.cancel(ALICE, run.id)
+    await service.cancel(ALICE(), run.id)
     view = await _wait(service, run.id, lambda v: v.status in ("cancelled", "failed", "succeeded"))
     assert view.status == "cancelled"
     assert (Path(env["data_dir"]) / "runs" / run.id / "checkpoint" / "state.json").exists()
@@ -228,9 +238,9 @@ async def test_two_trial_sweep_picks_the_better_trial(env, services, worker):
     body = replace(_request(env, max_steps=6, eval_every=0),
                    sweep={"trials": 2, "sampler": "grid", "pruner": "none",
                           "parameters": {"learning_rate": {"type": "categorical", "choices": [1e-6, 2e-2]}}})
-    sweep = await service.create(ALICE, body)
+    sweep = await service.create(ALICE(), body)
     assert sweep.kind == "sweep"
-    await service.approve(BOB, sweep.id)  # one approval for the whole sweep
+    await service.approve(BOB(), sweep.id)  # one approval for the whole sweep
     view = await _wait(service, sweep.id, lambda v: v.status in ("succeeded", "failed", "cancelled"), timeout=400)
     assert view.status == "succeeded", view.error
     assert len(view.trials) == 2 and all(t["status"] == "succeeded" for t in view.trials)
