@@ -346,7 +346,9 @@ def test_dataset_then_run_each_approved_by_a_second_person(browser, server, admi
         try:
             cancel.click(timeout=5_000)
             admin.wait_for_selector("#cancel-result [role=status], #cancel-result [role=alert]", timeout=10_000)
-            assert re.search(r"cancel|succeeded|failed|finished", admin.locator("#cancel-result").inner_text())
+            # the cancel is cooperative: the answer may still say the run is queued or running
+            assert re.search(r"cancel|succeeded|failed|finished|running|queued",
+                             admin.locator("#cancel-result").inner_text())
         except sync_api.TimeoutError:
             pass  # the live status replaced the button: the run ended meanwhile
     # whichever came first, the run page ends in a final state (no base model is installed here)
