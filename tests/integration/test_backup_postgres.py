@@ -9,8 +9,16 @@ import pytest
 
 from tests.conftest import PG_ADMIN_URL
 from tests.support import backups
-from tests.support.backups import REDIS_DB15, UNLIMITED, Traffic, flip, last_json, new_data_dir, verify_ok
-from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.backups import (
+    REDIS_DB15,
+    UNLIMITED,
+    backup_under_traffic,
+    flip,
+    last_json,
+    new_data_dir,
+    verify_ok,
+)
+from tests.support.server import base_env, cli
 
 upstream_models = backups.upstream_models  # fixtures
 backup_key = backups.backup_key
@@ -23,18 +31,8 @@ def test_postgres_round_trip_under_traffic(tmp_path, upstream_models, backup_key
     data = tmp_path / "pg-a"
     env = base_env(data, **UNLIMITED, PALISADE_MODELS_FILE=str(upstream_models), PALISADE_BACKUP_KEY=backup_key,
                    PALISADE_DATABASE_URL=pg_url, PALISADE_REDIS_URL=REDIS_DB15)
-    cli(env, "migrate")
-    key = create_key(env, "app", "mock")
-    gw = GatewayProcess(env, tmp_path / "pg-a.log").start()
     archive = tmp_path / "pg.palisade-backup"
-    try:
-        with Traffic(gw.url, key) as traffic:
-            made = last_json(cli(env, "backup", "--out", str(archive)))
-            before = traffic.ok
-            traffic.wait_for(before + 5)  # traffic went on across the backup
-        assert not traffic.failed, traffic.failed[:3]
-    finally:
-        gw.stop()
+    made, key = backup_under_traffic(env, tmp_path / "pg-a.log", archive)
     assert made["database"] == "postgresql"
 
     target = f"palisade_restore_{secrets.token_hex(4)}"

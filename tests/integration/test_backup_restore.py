@@ -12,7 +12,7 @@ import secrets
 import httpx
 
 from tests.support import backups
-from tests.support.backups import UNLIMITED, Traffic, flip, last_json, new_data_dir, verify_ok
+from tests.support.backups import UNLIMITED, backup_under_traffic, flip, last_json, new_data_dir, verify_ok
 from tests.support.server import GatewayProcess, base_env, cli, create_key
 
 upstream_models = backups.upstream_models  # fixtures
@@ -22,18 +22,8 @@ backup_key = backups.backup_key
 def test_sqlite_round_trip_under_traffic(tmp_path, upstream_models, backup_key):
     data = tmp_path / "a"
     env = base_env(data, **UNLIMITED, PALISADE_MODELS_FILE=str(upstream_models), PALISADE_BACKUP_KEY=backup_key)
-    cli(env, "migrate")
-    key = create_key(env, "app", "mock")
-    gw = GatewayProcess(env, tmp_path / "a.log").start()
     archive = tmp_path / "one.palisade-backup"
-    try:
-        with Traffic(gw.url, key) as traffic:
-            made = last_json(cli(env, "backup", "--out", str(archive)))
-            before = traffic.ok
-            traffic.wait_for(before + 5)  # traffic went on across the backup
-        assert not traffic.failed, traffic.failed[:3]
-    finally:
-        gw.stop()
+    made, key = backup_under_traffic(env, tmp_path / "a.log", archive)
     assert made["database"] == "sqlite" and made["audit_last_seq"] > 5
     assert b"SQLite format" not in archive.read_bytes() and b"audit_records" not in archive.read_bytes()
     verify_ok(env)  # the source's own trail, with the backup event in it

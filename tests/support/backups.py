@@ -98,3 +98,21 @@ def flip(src: Path, dest: Path) -> Path:
     data[len(data) // 2] ^= 0x40
     dest.write_bytes(bytes(data))
     return dest
+
+
+def backup_under_traffic(env: dict[str, str], log: Path, archive: Path) -> tuple[dict, str]:
+    """Migrate, serve, and take ``palisade backup`` while a client keeps sending requests; returns the backup's JSON
+    (once traffic went on across it with no failed request) and the API key the traffic used."""
+    from tests.support.server import GatewayProcess, cli, create_key
+
+    cli(env, "migrate")
+    key = create_key(env, "app", "mock")
+    gw = GatewayProcess(env, log).start()
+    try:
+        with Traffic(gw.url, key) as traffic:
+            made = last_json(cli(env, "backup", "--out", str(archive)))
+            traffic.wait_for(traffic.ok + 5)  # traffic went on across the backup
+        assert not traffic.failed, traffic.failed[:3]
+    finally:
+        gw.stop()
+    return made, key
