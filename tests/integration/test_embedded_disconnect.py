@@ -88,13 +88,13 @@ def test_client_disconnect_stops_the_embedded_generation(gateway) -> None:
         for _ in range(3):
             event = next(events)
             assert '"finish_reason":null' in event.replace(" ", ""), event  # still generating
-        seq = backend._active[0]  # max_batch 1: the one sequence being decoded is this stream's
+        seq = backend.engine._active[0]  # max_batch 1: the one sequence being decoded is this stream's
         assert seq.max_new >= MAX_TOKENS - 50
     # the client is gone: the sequence leaves the batch at the next step boundary
-    wait_until(lambda: seq not in backend._active, timeout=120, what="the sequence to leave the batch")
+    wait_until(lambda: seq not in backend.engine._active, timeout=120, what="the sequence to leave the batch")
     assert seq.cancelled and seq.n_generated < MAX_TOKENS // 10, (seq.cancelled, seq.n_generated)
     short = httpx.post(gw.url + "/v1/chat/completions", headers=headers, timeout=120,
                        json={"model": "endless", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
                              "temperature": 0})
     assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
-    assert not backend._active and not backend._pending
+    assert not backend.engine._active and not backend.engine._pending

@@ -290,13 +290,13 @@ async def test_models_file_seed_is_idempotent_and_follows_edits(env) -> None:
 
 
 
-def _make_adapter(base: Path, out: Path) -> Path:
+def _make_adapter(base: Path, out: Path, seed: int = 3) -> Path:
     """A peft LoRA adapter with random (non-zero) weights on the tiny model: its answers differ from the base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(out)
@@ -320,6 +320,22 @@ async def test_lora_adapter_version_on_a_base_version(env, tmp_path: Path) -> No
     result = await router.generate("chat", req)
     assert result.model_version == adapter.id
     assert result.text != before  # the adapter's weights answer
+    # served on the base already in memory (no second copy): the adapter is applied per row at run time
+    (ep,) = router._pool("chat").endpoints
+    engine = ep.backend.engine
+    assert ep.backend.shares_base and engine.model_ref == str(imports / "a")
+    # a second adapter version of the same base: swapped in beside the first on the same base, the first freed
+    second_dir = imports / f"adapter2-{tmp_path.name}"
+    await asyncio.to_thread(_make_adapter, imports / "a", second_dir, seed=4)
+    second = await registry.import_model(person("ivan"), "tiny-lora", path=second_dir, base=base)
+    await registry.promote(person("alice"), "chat", second.id)
+    await sync.refresh()
+    await settle(sync)
+    await asyncio.gather(*router._drains)
+    (ep,) = router._pool("chat").endpoints
+    assert ep.backend.engine is engine and ep.backend.shares_base
+    assert [a.path for a in engine.lora.adapters.values()] == [str(second_dir)]
+    assert (await router.generate("chat", req)).model_version == second.id
 
 
 def _make_medium(path: Path, seed: int) -> Path:

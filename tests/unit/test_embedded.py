@@ -171,10 +171,10 @@ async def test_cancel_stream_then_keep_serving(backend):
     assert after.text == expected.text
     await asyncio.gather(*tasks)
     for _ in range(100):
-        if not backend._active and not backend._pending:
+        if not backend.engine._active and not backend.engine._pending:
             break
         await asyncio.sleep(0.02)
-    assert not backend._active, "cancelled sequences must leave the batch"
+    assert not backend.engine._active, "cancelled sequences must leave the batch"
     assert await backend.health()
 
 
