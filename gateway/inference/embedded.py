@@ -134,6 +134,7 @@ class EmbeddedBackend(Backend):
         # engine settings, read at start (backends whose settings differ do not share an engine)
         self.use_fast_path = True  # lean decode for Llama-family models; False = transformers forward
         self.prefill_chunk = 512  # prompt tokens prefilled per worker iteration (bounds stalls of the batch)
+        self.share_base = True  # False: merge the adapter into a private copy of the base (one copy per adapter)
         self._engine: _Engine | None = None
         self._adapter_name: str | None = None
         self._queued = 0  # this backend's requests waiting for a batch slot (guarded by the engine's lock)
@@ -165,7 +166,7 @@ class EmbeddedBackend(Backend):
             return
         from gateway.inference.lora import unshareable
 
-        why = unshareable(self.adapter) if self.adapter else None
+        why = (unshareable(self.adapter) if self.share_base else "share_base is off") if self.adapter else None
         if why:
             log.info("adapter %s is merged into a private base copy: %s", self.adapter, why)
         merged = self.adapter if why else None
