@@ -398,6 +398,15 @@ class Registry:
             row = _flip(s, row, alias + CANARY, row.model_id, None, actor=actor, action="canary-auto-rollback",
                         reason=reason[:1000])
             generation = row.generation
+            # marked, so whoever looks at the version next (console, `models show`) sees why it left the canary;
+            # back to approved, not rejected: a person may try it again (a threshold can trip on a bad minute of
+            # infrastructure), but it no longer counts as serving
+            v = await s.get(ModelVersion, version_id)
+            if v is not None:
+                if v.status == "production" and not await _serves(s, v.id, alias + CANARY):
+                    v.status = "approved"
+                v.status_reason = f"canary rolled back automatically ({utcnow():%Y-%m-%d %H:%M} UTC): {reason}"[:1000]
+                v.status_changed_at = utcnow()
         await self._record(_System(actor), Tag.MODEL_CANARY_AUTO_ROLLBACK, f"alias:{alias}", version=version_id,
                            reason=reason, generation=generation, **numbers)
         await self._changed(alias)

@@ -24,7 +24,7 @@ from gateway.audit.chain import AuditChain
 from gateway.audit.events import Tag
 from gateway.crypto import open_keyring
 from gateway.db.migrate import upgrade
-from gateway.db.registry import AliasHistory
+from gateway.db.registry import AliasHistory, ModelVersion
 from gateway.db.session import Database
 from gateway.errors import ApiError
 from gateway.inference.base import GenerationRequest, SamplingParams
@@ -119,6 +119,11 @@ async def test_failing_canary_is_rolled_back_automatically(replica) -> None:
             actions = list((await s.execute(select(AliasHistory.action).where(
                 AliasHistory.alias == "chat@canary"))).scalars())
         assert actions == ["canary", "canary-auto-rollback"]
+        async with db.session() as s:
+            marked = await s.get(ModelVersion, candidate)
+        # marked with why; still in production only because it also serves its own alias chat-next here
+        assert marked.status == "production" and "canary rolled back automatically" in marked.status_reason
+        assert "error rate" in marked.status_reason
         # another replica deciding the same a moment later finds it already ended: one rollback, one record
         assert not await registry.end_canary_automatically("chat", candidate, reason="late", numbers={})
 

@@ -156,8 +156,8 @@ async def test_adapter_that_does_not_fit_the_base_is_refused(tiny_model_dir, tmp
 
     bad = tmp_path / "bad"
     bad.mkdir()
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 7),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 4)},
