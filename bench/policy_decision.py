@@ -8,8 +8,12 @@ Shapes of the extra rows (``--shape``):
   ranged    every synthetic row is ``inference:model:*`` with ``r.sub.clearance_level > N`` first: the index
             finds the rows whose threshold the subject passes by bisection (here: none of them, every
             threshold is above every clearance level);
-  unkeyed   every synthetic row is ``inference:model:*`` starting with ``r.obj.owner == r.sub.id`` (nothing
-            literal to file it under): the index must evaluate all of them; the worst case, reported as it is.
+  attrfirst every synthetic row is ``inference:model:*`` starting with ``r.obj.owner == r.sub.id`` (attribute
+            against attribute), then ``r.sub.department == 'deptN'``: the first test cannot raise, so the index
+            files the row by the second;
+  unkeyed   every synthetic row is ``inference:model:*`` with ``r.sub.department == 'deptN' or r.obj.owner ==
+            r.sub.id`` (a disjunction: nothing any request must match): the index must evaluate all of them;
+            the worst case, reported as it is.
 
 Misses are timed with a fresh attribute tuple each (a new subject id), over the default policy's people and apps
 and the synthetic rows' own actions. ``--equivalence N`` also compares the index with pycasbin on N random
@@ -40,9 +44,14 @@ def synthetic_row(i: int, shape: str) -> str:
         return f"p, inference:model:*, \"r.sub.department == 'dept{i}'\", True, True, allow, synthetic-{i}"
     if shape == "ranged":
         return f'p, inference:model:*, "r.sub.clearance_level > {i + 3}", True, True, allow, synthetic-{i}'
-    if shape == "unkeyed":
+    if shape == "attrfirst":
         return (
             f"p, inference:model:*, \"r.obj.owner == r.sub.id and r.sub.department == 'dept{i}'\", True, True, "
+            f"allow, synthetic-{i}"
+        )
+    if shape == "unkeyed":
+        return (
+            f"p, inference:model:*, \"r.sub.department == 'dept{i}' or r.obj.owner == r.sub.id\", True, True, "
             f"allow, synthetic-{i}"
         )
     return (
@@ -114,7 +123,7 @@ def equivalence(n: int, seed: int = 1) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000)
-    ap.add_argument("--shape", choices=("distinct", "keyed", "ranged", "unkeyed"), default="distinct")
+    ap.add_argument("--shape", choices=("distinct", "keyed", "ranged", "attrfirst", "unkeyed"), default="distinct")
     ap.add_argument("--n", type=int, default=20_000, help="cached decisions to time")
     ap.add_argument("--misses", type=int, default=2_000, help="cache misses through the index to time")
     ap.add_argument("--plain-n", type=int, default=14, help="the same misses through a full pycasbin enforce")

@@ -297,33 +297,55 @@ def _starts_with_action_test(parts: list[ast.expr], functions: dict[str, Any]) -
 
 
 def _first_test(rest: list[ast.expr]) -> tuple[str, str, str, Any] | None:
-    """The index key of the first test that is not a truthy literal: ('eq'|'in', part, field, literal), or
-    (op, part, field, number) for ``r.<part>.<field> op number`` with op one of < <= > >= (read as
-    "field op number", a literal on the left flipped)."""
+    """The index key of the first indexable test, skipping truthy literals and tests that cannot raise:
+    ('eq'|'in', part, field, literal), or (op, part, field, number) for ``r.<part>.<field> op number`` with op one
+    of < <= > >= (read as "field op number", a literal on the left flipped)."""
     for node in rest:
         if isinstance(node, ast.Constant) and isinstance(node.value, _LITERAL_TYPES) and node.value:
             continue  # `True and x` is x: a truthy literal cannot stop the row or raise
         if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
             return None
-        left, op, right = node.left, node.ops[0], node.comparators[0]
-        if isinstance(op, ast.Eq):
-            if isinstance(left, ast.Constant):
-                left, right = right, left
-            where = _request_field(left)
-            if where and isinstance(right, ast.Constant) and isinstance(right.value, _LITERAL_TYPES):
-                return "eq", where[0], where[1], right.value
-        elif isinstance(op, ast.In) and isinstance(left, ast.Constant) and isinstance(left.value, _LITERAL_TYPES):
-            where = _request_field(right)
-            if where and where in TUPLE_FIELDS:
-                return "in", where[0], where[1], left.value
-        elif type(op) in _RANGE_AST:
-            symbol = _RANGE_AST[type(op)]
-            if isinstance(left, ast.Constant):
-                left, right, symbol = right, left, _FLIPPED[symbol]
-            where = _request_field(left)
-            if where in _NUMERIC_FIELDS and isinstance(right, ast.Constant) and type(right.value) in (int, float, bool):
-                return symbol, where[0], where[1], right.value
-        return None
+        key = _index_key(node)
+        if key is not None:
+            return key
+        if not _never_raises(node):
+            return None
+        # ``a == b`` between request fields and literals is a bool and never raises: when a later test files the
+        # row and does not hold, pycasbin's evaluation of the row is False whatever this one said, so the row may
+        # be filed by that later test (``r.sub.dept == r.obj.owner_dept && r.sub.id == "u42"`` under "u42")
+    return None
+
+
+def _never_raises(node: ast.Compare) -> bool:
+    """``x == y`` / ``x != y`` where each side is a request field or a literal (built-in values: never raises)."""
+    if not isinstance(node.ops[0], ast.Eq | ast.NotEq):
+        return False
+    return all(
+        (isinstance(side, ast.Constant) and isinstance(side.value, _LITERAL_TYPES)) or _request_field(side)
+        for side in (node.left, node.comparators[0])
+    )
+
+
+def _index_key(node: ast.Compare) -> tuple[str, str, str, Any] | None:
+    """The index key of one test, or None when it is not a test the index files rows by."""
+    left, op, right = node.left, node.ops[0], node.comparators[0]
+    if isinstance(op, ast.Eq):
+        if isinstance(left, ast.Constant):
+            left, right = right, left
+        where = _request_field(left)
+        if where and isinstance(right, ast.Constant) and isinstance(right.value, _LITERAL_TYPES):
+            return "eq", where[0], where[1], right.value
+    elif isinstance(op, ast.In) and isinstance(left, ast.Constant) and isinstance(left.value, _LITERAL_TYPES):
+        where = _request_field(right)
+        if where and where in TUPLE_FIELDS:
+            return "in", where[0], where[1], left.value
+    elif type(op) in _RANGE_AST:
+        symbol = _RANGE_AST[type(op)]
+        if isinstance(left, ast.Constant):
+            left, right, symbol = right, left, _FLIPPED[symbol]
+        where = _request_field(left)
+        if where in _NUMERIC_FIELDS and isinstance(right, ast.Constant) and type(right.value) in (int, float, bool):
+            return symbol, where[0], where[1], right.value
     return None
 
 
