@@ -33,6 +33,7 @@ from gateway.changes import ChangeFeed
 from gateway.crypto import open_keyring
 from gateway.crypto.keyring import Keyring
 from gateway.datasets.service import DatasetService
+from gateway.db.changes import read_versions
 from gateway.db.session import Database
 from gateway.inference.router import Router
 from gateway.inference.service import InferenceService
@@ -123,7 +124,9 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         networks=Networks(settings.trusted_networks), stale_after_s=max(10.0, settings.policy_check_interval_s * 15)
     )
     limits_config = LimitsConfig(settings, db)
-    change_feed = ChangeFeed(redis, interval_s=settings.policy_check_interval_s)
+    # the periodic check reads one row per domain and re-reads a domain's tables only when its counter moved
+    change_feed = ChangeFeed(redis, interval_s=settings.policy_check_interval_s,
+                             versions=lambda: read_versions(db))
 
     async def refresh_policy() -> None:
         started = time.monotonic()
@@ -137,7 +140,8 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
                 decider.install(await asyncio.to_thread(decider.prepare, row.text, row.version))
         decider.checked_at = started
 
-    change_feed.watch("policy", refresh_policy)
+    # an unchanged counter is a successful check too: the decider stays fresh without re-reading the policy
+    change_feed.watch("policy", refresh_policy, checked=lambda started: setattr(decider, "checked_at", started))
     change_feed.watch("limits", limits_config.refresh)
     usage_watch = UsageWatch(settings, db, audit, limits_config, change_feed)
     router = Router(settings)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.authz.document import digest, parse, unified_diff
 from gateway.authz.enforcer import DEFAULT_POLICY_PATH
+from gateway.db.changes import bump_version
 from gateway.db.policy import PolicyVersion
 from gateway.db.session import Database
 from gateway.errors import Conflict, NotFound
@@ -76,6 +77,7 @@ class PolicyStore:
                 await s.flush()
             except IntegrityError:
                 raise Conflict("another policy change was stored at the same time; retry") from None
+            await bump_version(s, "policy")  # what every replica's periodic check reads
         return row
 
     async def rollback(self, version: int, *, actor: str, reason: str) -> PolicyVersion:

@@ -3,6 +3,7 @@
 from gateway.db import (  # noqa: F401  (register tables)  # noqa: F401,E402  (register audit + keyring tables)
     audit,
     batches,  # noqa: F401  (files, batches, batch results, feedback)
+    changes,  # one change counter per replicated domain (policy, limits, models)
     datasets,  # governed datasets: datasets, versions, approvals
     identity,  # noqa: F401,E402  (register identity tables)
     keyring,

@@ -24,6 +24,7 @@ class BackendSpec(Protocol):
     model: str | None
     gguf_file: str | None
     adapter: str | None
+    adapter_id: str | None
     upstream_model: str | None
     api_key_env: str | None
     device: str | None
@@ -74,7 +75,8 @@ def build_backends(spec: BackendSpec, settings: Settings, *, name: str | None = 
 
             headers = {"Authorization": f"Bearer {key}"} if key else None
             backends.append(
-                TGIBackend(url, name=ep_name, headers=headers, context_length=spec.context_length, **timeouts)
+                TGIBackend(url, name=ep_name, headers=headers, context_length=spec.context_length,
+                           adapter_id=spec.adapter_id, **timeouts)
             )
         else:
             from gateway.inference.openai_upstream import OpenAIBackend
@@ -83,7 +85,8 @@ def build_backends(spec: BackendSpec, settings: Settings, *, name: str | None = 
                 OpenAIBackend(
                     url,
                     name=ep_name,
-                    upstream_model=spec.upstream_model,
+                    # vLLM / SGLang name a LoRA adapter by the model field (the spec allows one of the two)
+                    upstream_model=spec.adapter_id or spec.upstream_model,
                     api_key=key,
                     context_length=spec.context_length,
                     **timeouts,

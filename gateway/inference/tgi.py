@@ -159,10 +159,13 @@ class TGIBackend(Backend):
         health_timeout_s: float | None = None,
         headers: dict[str, str] | None = None,
         context_length: int | None = None,
+        adapter_id: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = name or self.url
         self.what = f"TGI endpoint {self.name}"
+        #: the LoRA adapter this alias's version is served with (TGI multi-LoRA); it wins over a caller's
+        self.adapter_id = adapter_id
         self.timeouts = Timeouts(connect_timeout_s, read_timeout_s, stream_idle_timeout_s, health_timeout_s)
         self.context_length = context_length
         self._client = _TGIClient(self.url, headers=headers, timeouts=self.timeouts)
@@ -187,8 +190,9 @@ class TGIBackend(Backend):
         except pydantic.ValidationError:
             raise BackendInputError("invalid sampling parameters") from None
         body = Request(inputs=req.prompt or "", stream=stream, parameters=params).model_dump()
-        if req.adapter_id:
-            body["parameters"]["adapter_id"] = req.adapter_id
+        adapter = self.adapter_id or req.adapter_id
+        if adapter:
+            body["parameters"]["adapter_id"] = adapter
         return body
 
     def _chat_body(self, req: GenerationRequest, *, stream: bool) -> dict[str, Any]:
@@ -200,7 +204,7 @@ class TGIBackend(Backend):
         except pydantic.ValidationError as exc:
             raise BackendInputError("invalid chat messages") from exc
         body = ChatRequest(
-            model=req.upstream_model or "tgi",
+            model=self.adapter_id or req.upstream_model or "tgi",  # TGI's Messages API picks the adapter by model
             messages=messages,
             max_tokens=p.max_tokens,
             stream=stream,

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from gateway.authn.principal import Principal
 from gateway.db.base import utcnow
+from gateway.db.changes import bump_version
 from gateway.db.policy import LimitRule, RuntimeOption, UsageBaseline
 from gateway.db.session import Database
 from gateway.limits import Scope
@@ -108,7 +109,9 @@ def _only(rule: dict[str, Any]) -> dict[str, int]:
 
 
 class LimitsAdmin:
-    """Admin changes to limits, options and suspensions (API and CLI); callers audit and publish."""
+    """Admin changes to limits, options and suspensions (API, CLI, console, the anomaly watch); each write counts
+    a ``limits`` change in its own transaction (what the replicas' periodic check reads); callers audit and
+    publish."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -140,6 +143,7 @@ class LimitsAdmin:
             for f, v in values.items():
                 setattr(row, f, v)
             row.updated_by, row.updated_at = actor, utcnow()
+            await bump_version(s, "limits")
         return row
 
     async def delete_rule(self, scope: str, subject: str) -> bool:
@@ -149,6 +153,7 @@ class LimitsAdmin:
             if row is None:
                 return False
             await s.delete(row)
+            await bump_version(s, "limits")
         return True
 
     async def set_option(self, key: str, value: Any, actor: str) -> None:
@@ -160,6 +165,7 @@ class LimitsAdmin:
                 s.add(RuntimeOption(key=key, value={"value": value}, updated_by=actor))
             else:
                 row.value, row.updated_by, row.updated_at = {"value": value}, actor, utcnow()
+            await bump_version(s, "limits")
 
     async def options(self) -> dict[str, Any]:
         async with self.db.session() as s:
@@ -179,4 +185,5 @@ class LimitsAdmin:
                 return False
             row.suspended_at = utcnow() if reason else None
             row.suspended_reason = reason[:500] if reason else None
+            await bump_version(s, "limits")
         return True

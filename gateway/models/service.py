@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.audit.events import AuditEvent, AuditTrail, Tag
 from gateway.authn.stepup import STEP_UP_WINDOW
 from gateway.db.base import utcnow
+from gateway.db.changes import bump_version
 from gateway.db.registry import AliasHistory, ModelAlias, ModelVersion, RegisteredModel
 from gateway.db.session import Database
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -155,6 +156,8 @@ class Registry:
                 await s.flush()
                 _flip(s, alias, spec.alias, model.id, version.id, actor=actor, action="seed")
                 changed.append(spec.alias)
+            if changed:
+                await bump_version(s, "models")
         return changed
 
     # ------------------------------------------------------------------ candidates
@@ -333,6 +336,7 @@ class Registry:
             if canary is not None and canary.version_id == v.id:  # the canary won: it is the alias now
                 _flip(s, canary, alias + CANARY, v.model_id, None, actor=actor, action="canary-end")
             view = alias_view(row)
+            await bump_version(s, "models")
         # recorded after the commit (as policy changes are): SQLite has one writer, and the trail is separate
         await self._record(ctx, Tag.MODEL_PROMOTE, f"alias:{alias}", version=v.id, previous=previous,
                            digest=v.digest, generation=view.generation)
@@ -378,6 +382,7 @@ class Registry:
                     fresh.status, fresh.approved_by, fresh.approved_digest = "approved", actor, v.digest
                     fresh.status_changed_at = utcnow()
             view = alias_view(row)
+            await bump_version(s, "models")
         await self._record(ctx, Tag.MODEL_CANARY, f"alias:{alias}", version=v.id if v else None,
                            percent=percent or 0.0, principals=principals, generation=view.generation,
                            thresholds=view.thresholds.dump() if view.thresholds else None)
@@ -407,6 +412,7 @@ class Registry:
                     v.status = "approved"
                 v.status_reason = f"canary rolled back automatically ({utcnow():%Y-%m-%d %H:%M} UTC): {reason}"[:1000]
                 v.status_changed_at = utcnow()
+            await bump_version(s, "models")
         await self._record(_System(actor), Tag.MODEL_CANARY_AUTO_ROLLBACK, f"alias:{alias}", version=version_id,
                            reason=reason, generation=generation, **numbers)
         await self._changed(alias)
@@ -441,6 +447,7 @@ class Registry:
                 _flip(s, canary, alias + CANARY, canary.model_id, None, actor=actor, action="canary-end")
             view = alias_view(row)
             target_id = target.id
+            await bump_version(s, "models")
         await self._record(ctx, Tag.MODEL_ROLLBACK, f"alias:{alias}", version=target_id, previous=current,
                            generation=view.generation)
         await self._changed(alias)
@@ -606,7 +613,8 @@ async def _serves(s: Any, version_id: str, except_alias: str) -> bool:
 def _flip(s: Any, row: ModelAlias | None, name: str, model_id: str | None, version_id: str | None, *, actor: str,
           action: str, percent: float | None = None, principals: list[str] | None = None,
           reason: str | None = None) -> ModelAlias:
-    """The alias change itself: pointer, previous version, generation, history, in the caller's transaction."""
+    """The alias change itself: pointer, previous version, generation, history, in the caller's transaction
+    (which then counts a ``models`` change with :func:`bump_version`, its last statement)."""
     now = utcnow()
     if row is None:
         row = ModelAlias(name=name, model_id=model_id, version_id=version_id, generation=1, updated_at=now,

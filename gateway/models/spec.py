@@ -8,6 +8,7 @@ The models file (``PALISADE_MODELS_FILE``) seeds the registry at start; each ent
       - {alias: mock-gpt, backend: openai, url: "http://127.0.0.1:18080/v1", upstream_model: gpt-x,
          max_concurrency: 64, api_key_env: VLLM_KEY}
       - {alias: big, backend: tgi, urls: ["http://tgi-a:80", "http://tgi-b:80"]}
+      - {alias: support, backend: tgi, url: "http://tgi-lora:80", adapter_id: acme/support-lora-v2}
       - {alias: chat, backend: embedded, model: builtin:smollm2, defaults: {temperature: 0.2, max_tokens: 256}}
 
 Upstream keys never live in the file: ``api_key_env`` names the environment variable that holds one.
@@ -30,6 +31,8 @@ __all__ = ["BACKENDS", "ModelSpec", "ModelsFileError", "SamplingDefaults", "load
 Backend = Literal["embedded", "tgi", "openai"]
 BACKENDS: tuple[str, ...] = ("embedded", "tgi", "openai")
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+#: an upstream LoRA adapter's name: a Hugging Face repo id (``org/name``), a vLLM/SGLang ``--lora-modules`` name
+ADAPTER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -59,8 +62,14 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, 
     #: embedded: a transformers folder, ``builtin:smollm2``, or the folder holding ``gguf_file``
     model: str | None = None
     gguf_file: str | None = None
-    #: embedded: a peft LoRA adapter folder applied on ``model``; tgi: the adapter id sent upstream
+    #: embedded: a peft LoRA adapter folder applied on ``model``
     adapter: str | None = None
+    #: tgi / openai: the LoRA adapter the upstream serves this alias with. TGI gets it as ``parameters.adapter_id``
+    #: (``/generate``, ``/generate_stream``) and as ``model`` on its Messages API; an OpenAI-compatible server
+    #: (vLLM, SGLang) as ``model``, so it cannot be set together with ``upstream_model``. Two versions that differ
+    #: only here are two versions: an alias switches adapters on the same endpoints like any other swap.
+    adapter_id: str | None = None
+    #: openai: the ``model`` sent upstream (default: none, the server's only model)
     upstream_model: str | None = None
     api_key_env: str | None = None
     max_concurrency: PositiveInt = 64
@@ -83,6 +92,16 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, 
             for u in self.endpoint_urls():
                 if not u.startswith(("http://", "https://")):
                     raise ValueError(f"url {u!r} must start with http:// or https://")
+        if self.adapter_id is not None:
+            if self.backend == "embedded":
+                raise ValueError("'adapter_id' names an upstream's adapter (tgi, openai); the embedded backend "
+                                 "applies a peft folder given as 'adapter'")
+            if not ADAPTER_ID_RE.fullmatch(self.adapter_id) or ".." in self.adapter_id.split("/"):
+                raise ValueError("'adapter_id' must be 1..256 of letters, digits and . _ : / @ + - "
+                                 "(starting with a letter or digit, no '..' segment)")
+            if self.upstream_model is not None:
+                raise ValueError("set 'adapter_id' or 'upstream_model', not both: an OpenAI-compatible server "
+                                 "names the adapter by the model field")
         if self.api_key_env is not None and not _ENV_RE.match(self.api_key_env):
             raise ValueError("'api_key_env' must name an environment variable")
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 # tables whose rows are schema bookkeeping, not data: a freshly migrated database counts as empty
 _SCHEMA_ONLY = {"alembic_version"}
 #: rows a migration seeds: only rows past these conditions are data
-_SEEDED = {"audit_head": "seq > 0"}
+_SEEDED = {"audit_head": "seq > 0", "change_versions": "version > 0"}
 
 
 @dataclass

@@ -67,6 +67,9 @@ class Stats:
     last_body: dict[str, Any] | None = None
     #: answers completed per prompt (the last user message, or the prompt): "was this line run twice?"
     answered: dict[str, int] = field(default_factory=dict)
+    #: per generation request, the adapter asked for: TGI ``parameters.adapter_id`` on /generate(_stream), the
+    #: ``model`` field on the OpenAI-compatible routes (how vLLM/SGLang and TGI's Messages API name an adapter)
+    adapters: list[str | None] = field(default_factory=list)
     #: the W3C trace context of the last request (what a traced gateway passes upstream)
     last_traceparent: str | None = None
 
@@ -170,6 +173,10 @@ class FakeUpstreamApp:
             return await _send_json(send, 400, {"error": "bad json"})
         self.stats.last_body = body
         self.stats.generations += 1
+        params = body.get("parameters") if isinstance(body, dict) else None
+        self.stats.adapters.append(
+            body.get("model") if path.startswith("/v1/") else (params or {}).get("adapter_id")
+        )
         if self.gated:
             self.stats.held += 1
             try:

@@ -291,3 +291,26 @@ def test_sse_decoder_framing() -> None:
     assert dec.feed(b'data:{\ndata: "k": 1}\n') == []  # multi-line data: joined with LF at the blank line
     assert dec.feed(b'\ndata: {"tail": true}\ndata: {"trunc') == [b'{\n"k": 1}']
     assert dec.finish() == [b'{"tail": true}']  # no blank line at the end: still counts; a cut line does not
+
+
+async def test_a_spec_adapter_id_is_what_the_upstream_is_asked_for(tmp_path) -> None:
+    """TGI: ``parameters.adapter_id`` on /generate(_stream), ``model`` on its Messages API (the alias's adapter
+    wins over a caller's); OpenAI-compatible: the ``model`` field (vLLM / SGLang name a LoRA that way)."""
+    from gateway.inference.factory import build_backends
+    from gateway.models.spec import parse_spec
+    from gateway.settings import Settings
+
+    greedy = SamplingParams(max_tokens=3, temperature=0.0)
+    for protocol in ("tgi", "openai"):
+        with serve_fake("ok", protocol) as srv:
+            spec = parse_spec({"alias": "a", "backend": protocol, "url": srv.url, "adapter_id": "acme/lora-b"})
+            (backend,) = build_backends(spec, Settings(data_dir=tmp_path, database_url="sqlite:///x.db"))
+            try:
+                await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=greedy,
+                                                         adapter_id="callers-own"))
+                await backend.generate(GenerationRequest(request_id="r", messages=[{"role": "user", "content": "hi"}],
+                                                         params=greedy))
+                _ = [d async for d in backend.stream(GenerationRequest(request_id="r", prompt="hi", params=greedy))]
+                assert srv.stats.adapters == ["acme/lora-b"] * 3, (protocol, srv.stats.adapters)
+            finally:
+                await backend.close()

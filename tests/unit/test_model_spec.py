@@ -43,3 +43,32 @@ def test_errors_name_the_entry_and_field(entry: dict, needle: str) -> None:
     with pytest.raises(ModelsFileError) as err:
         parse_spec(entry, "models[0]")
     assert needle in str(err.value)
+
+
+def test_adapter_id_names_an_upstream_lora() -> None:
+    tgi = parse_spec({"alias": "support", "backend": "tgi", "url": "http://tgi:80", "adapter_id": "acme/support-v2"})
+    vllm = parse_spec({"alias": "s", "backend": "openai", "url": "http://v:8000/v1", "adapter_id": "sql-lora@3"})
+    assert tgi.adapter_id == "acme/support-v2" and vllm.adapter_id == "sql-lora@3"
+    assert tgi.to_dict()["adapter_id"] == "acme/support-v2"  # part of the version's spec (and digest)
+    assert "adapter_id" not in parse_spec({"alias": "p", "backend": "tgi", "url": "http://t"}).to_dict()
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"adapter_id": ""}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": "a b"}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": "../etc"}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": "org/../etc"}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": "x" * 257}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": "lora\n"}, "'adapter_id' must be 1..256"),
+    ({"adapter_id": 7}, "adapter_id: Expected `str | null`, got `int`"),
+    ({"adapter_id": "lora", "upstream_model": "base"}, "set 'adapter_id' or 'upstream_model', not both"),
+])
+def test_adapter_id_is_validated(extra: dict, needle: str) -> None:
+    with pytest.raises(ModelsFileError) as err:
+        parse_spec({"alias": "x", "backend": "openai", "url": "http://a", **extra}, "models[0]")
+    assert needle in str(err.value)
+
+
+def test_adapter_id_is_for_upstreams_only() -> None:
+    with pytest.raises(ModelsFileError, match="the embedded backend applies a peft folder"):
+        parse_spec({"alias": "x", "backend": "embedded", "model": "/m", "adapter_id": "lora"})
