@@ -52,6 +52,11 @@ class TGIParameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise BadRequest("repetition and frequency penalties are not supported", param="parameters")
         if self.return_full_text or self.watermark or self.best_of not in (None, 1):
             raise BadRequest("return_full_text, watermark and best_of are not supported", param="parameters")
+        if self.adapter_id is not None:
+            # the weights that answer are the alias's registry version (approved by four eyes, audited by version);
+            # a caller naming an adapter loaded upstream would bypass that
+            raise BadRequest("parameters.adapter_id is not accepted: the model alias chooses the adapter (a registry "
+                             "version with adapter_id); call the alias that serves it", param="parameters.adapter_id")
 
 
 class TGIRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,7 +88,7 @@ def _gen_request(ctx: ContextDep, data: TGIRequest) -> GenerationRequest:
     )
     # TGI's own default is greedy unless do_sample: only the length is left to the model's defaults
     omitted = () if p.max_new_tokens is not None else ("max_tokens",)
-    return GenerationRequest(ctx.request_id, params, prompt=data.inputs, adapter_id=p.adapter_id, omitted=omitted)
+    return GenerationRequest(ctx.request_id, params, prompt=data.inputs, omitted=omitted)
 
 
 def _response(result: GenerationResult, seed: int | None) -> dict[str, Any]:

@@ -36,7 +36,6 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None  # raw text (completions, TGI generate)
     messages: list[dict[str, Any]] | None = None  # chat: [{"role": ..., "content": str}]
-    adapter_id: str | None = None  # LoRA adapter passthrough (TGI)
     upstream_model: str | None = None  # model name to send upstream (openai backends)
     #: sampling parameters the client left out ("temperature", "top_p", "max_tokens"): the inference service
     #: fills them from the model's defaults before anything else reads ``params``

@@ -190,9 +190,8 @@ class TGIBackend(Backend):
         except pydantic.ValidationError:
             raise BackendInputError("invalid sampling parameters") from None
         body = Request(inputs=req.prompt or "", stream=stream, parameters=params).model_dump()
-        adapter = self.adapter_id or req.adapter_id
-        if adapter:
-            body["parameters"]["adapter_id"] = adapter
+        if self.adapter_id:  # the alias's version names the adapter; a caller never does
+            body["parameters"]["adapter_id"] = self.adapter_id
         return body
 
     def _chat_body(self, req: GenerationRequest, *, stream: bool) -> dict[str, Any]:

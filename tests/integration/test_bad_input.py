@@ -51,6 +51,8 @@ CASES = [
     ("completions prompt list too long", "/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
     ("tgi missing inputs", "/tgi/tiny/generate", {"parameters": {}}, 400, "inputs"),
     ("tgi unsupported top_k", "/tgi/tiny/generate", {"inputs": "x", "parameters": {"top_k": 5}}, 400, "top_k"),
+    ("tgi caller-chosen adapter", "/tgi/tiny/generate", {"inputs": "x", "parameters": {"adapter_id": "any-lora"}},
+     400, "adapter_id"),
     ("tgi unknown model", "/tgi/nope/generate", {"inputs": "x"}, 404, "nope"),
 ]
 

@@ -82,10 +82,9 @@ async def test_tgi_wire_parameters() -> None:
         backend = make_backend("tgi", srv.url)
         try:
             greedy = SamplingParams(max_tokens=5, temperature=0.0, top_p=0.9, stop=["\n"])
-            lora = GenerationRequest(request_id="r", prompt="hi", adapter_id="lora", params=greedy)
-            await backend.generate(lora)
+            await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=greedy))
             params = srv.stats.last_body["parameters"]
-            assert params["adapter_id"] == "lora"
+            assert "adapter_id" not in params  # only a version's spec names an adapter
             assert params["do_sample"] is False and params["max_new_tokens"] == 5 and params["stop"] == ["\n"]
             assert params.get("top_p") is None and params["details"] is True
 
@@ -294,8 +293,8 @@ def test_sse_decoder_framing() -> None:
 
 
 async def test_a_spec_adapter_id_is_what_the_upstream_is_asked_for(tmp_path) -> None:
-    """TGI: ``parameters.adapter_id`` on /generate(_stream), ``model`` on its Messages API (the alias's adapter
-    wins over a caller's); OpenAI-compatible: the ``model`` field (vLLM / SGLang name a LoRA that way)."""
+    """TGI: ``parameters.adapter_id`` on /generate(_stream), ``model`` on its Messages API (the alias's adapter;
+    a caller cannot name one); OpenAI-compatible: the ``model`` field (vLLM / SGLang name a LoRA that way)."""
     from gateway.inference.factory import build_backends
     from gateway.models.spec import parse_spec
     from gateway.settings import Settings
@@ -306,8 +305,7 @@ async def test_a_spec_adapter_id_is_what_the_upstream_is_asked_for(tmp_path) -> 
             spec = parse_spec({"alias": "a", "backend": protocol, "url": srv.url, "adapter_id": "acme/lora-b"})
             (backend,) = build_backends(spec, Settings(data_dir=tmp_path, database_url="sqlite:///x.db"))
             try:
-                await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=greedy,
-                                                         adapter_id="callers-own"))
+                await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=greedy))
                 await backend.generate(GenerationRequest(request_id="r", messages=[{"role": "user", "content": "hi"}],
                                                          params=greedy))
                 _ = [d async for d in backend.stream(GenerationRequest(request_id="r", prompt="hi", params=greedy))]
