@@ -187,9 +187,14 @@ class InferenceService:
             usage = result.usage
             p.served_by(result.model_version)
             # the answer leaves only once its accepted record is durable (an unaudited answer is never sent);
-            # returning the unused part of the reservation overlaps that wait instead of following it
-            settled = True
-            await asyncio.gather(self._durable(accepted), self._settle(p, usage))
+            # returning the unused part of the reservation overlaps what is left of that wait
+            if accepted.done():  # committed while the upstream worked (or refused: 503 now)
+                await self._durable(accepted)
+                settled = True
+                await self._settle(p, usage)
+            else:
+                settled = True
+                await asyncio.gather(self._durable(accepted), self._settle(p, usage))
             status = "ok"
             self._complete(p, Tag.INFERENCE, status, usage, completion=result.text)
             return result
@@ -199,8 +204,13 @@ class InferenceService:
                 self._complete(p, Tag.INFERENCE_FAILED, status, usage)
                 await self._durable(accepted)  # not written: 503 instead, whatever the upstream said
             raise
+        except Exception:
+            if status != "ok":
+                status = "error"
+                self._complete(p, Tag.INFERENCE_FAILED, status, usage)
+            raise
         finally:
-            if status == "cancelled":  # the caller went away (or an unexpected error): the request still ends
+            if status == "cancelled":  # the caller went away: the request still ends in the trail
                 self._complete(p, Tag.INFERENCE_FAILED, status, usage)
             if not settled:
                 await self._settle(p, usage)
