@@ -42,3 +42,8 @@ EVAL_FEEDBACK_DOWN_RATE = Gauge(
     "palisade_eval_feedback_down_rate", "Continuous evaluation: thumbs-down share of the alias's recent feedback",
     ["alias"], registry=REGISTRY,
 )
+AUDIT_LATE_FAILED = Counter(
+    "palisade_audit_late_record_failed_total", "Audit records appended after the answer left (inference "
+    "completions) that could not be written, by tag: each is an open request in `palisade audit verify`",
+    ["tag"], registry=REGISTRY,
+)

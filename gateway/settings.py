@@ -91,6 +91,8 @@ class Settings:
                                                  "<data_dir>/audit-keys.jsonl.", "audit")
     audit_write_timeout_s: float = setting(5.0, "An audit write slower than this fails (the request gets 503).",
                                            "audit")
+    audit_in_flight_s: float = setting(60.0, "verify: an accepted inference request with no completion record is "
+                                             "'in flight' this long, then 'open'.", "audit")
     # --- inference ---------------------------------------------------------------------------------------
     models_file: Path | None = setting(None, "YAML seeding model aliases and their endpoints.", "inference")
     embedded_model: str = setting("builtin:smollm2", "Model dir or builtin:smollm2 for the default alias.",

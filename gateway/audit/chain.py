@@ -33,6 +33,7 @@ from gateway.db.audit import AuditCheckpoint, AuditHead, AuditRecord
 from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.errors import ServiceUnavailable
+from gateway.metrics import AUDIT_LATE_FAILED
 from gateway.observability import tracing
 from gateway.settings import Settings
 
@@ -83,6 +84,7 @@ class AuditChain:
         self._probed_at = 0.0
         self._appender = appender_for(settings, db.engine)  # a dedicated connection for the batch writer
         self._cp_task: asyncio.Task[None] | None = None
+        self._later: set[asyncio.Future[int]] = set()  # record_later appends not committed yet
 
     @classmethod
     async def open(cls, settings: Settings, db: Database, keyring: Any) -> AuditChain:
@@ -108,39 +110,68 @@ class AuditChain:
     # --- the one audit call ------------------------------------------------------------------------------
     async def record(self, event: AuditEvent) -> int:
         """Append ``event`` durably; returns its seq. Raises AuditUnavailable (503) when it cannot."""
-        if self._closed or self._writer is None or self._writer.done():
-            raise AuditUnavailable()
-        event.at = event.at or utcnow()
         if tracing.enabled():
-            return await self._record_traced(event)
-        return await self._record(event)
+            with tracing.span("audit.record", tag=event.tag):
+                return await self._durable(self.submit(event))
+        return await self._durable(self.submit(event))
 
-    async def _record_traced(self, event: AuditEvent) -> int:
-        trace_id = tracing.current_trace_id()
-        if trace_id and "trace_id" not in event.details:
-            event.details = {**event.details, "trace_id": trace_id}  # joins the record to its trace
-        with tracing.span("audit.record", tag=event.tag):
-            return await self._record(event)
-
-    async def _record(self, event: AuditEvent) -> int:
+    def submit(self, event: AuditEvent, *, deadline: bool = True) -> asyncio.Future[int]:
+        """Queue ``event`` now, without waiting: the future resolves with its seq once its batch committed, or
+        fails with AuditUnavailable. So a caller can let the commit overlap other work (the upstream call) and
+        await it only where it must be durable. With ``deadline`` it fails after ``audit_write_timeout_s`` (the
+        record may still commit later, but the caller refuses now)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue.put_nowait((event, future))
-        # a timer, not wait_for + shield (two extra futures per request): on timeout the record may still commit
-        # later, but the request is refused now
-        timer = loop.call_later(self.settings.audit_write_timeout_s, _expire, future)
-        try:
-            seq = await future
-        except AuditUnavailable:
+        if self._closed or self._writer is None or self._writer.done():
+            future.set_exception(AuditUnavailable())
             self.refusing = True
+            return future
+        event.at = event.at or utcnow()
+        if tracing.enabled():
+            trace_id = tracing.current_trace_id()
+            if trace_id and "trace_id" not in event.details:
+                event.details = {**event.details, "trace_id": trace_id}  # joins the record to its trace
+        self._queue.put_nowait((event, future))
+        # a timer, not wait_for + shield (two extra futures per request)
+        timer = loop.call_later(self.settings.audit_write_timeout_s, _expire, future) if deadline else None
+        future.add_done_callback(lambda f: self._settled(f, timer))
+        return future
+
+    def _settled(self, future: asyncio.Future[int], timer: asyncio.TimerHandle | None) -> None:
+        """Runs before whoever awaits the future resumes: the store's state is known by then."""
+        if timer is not None:
+            timer.cancel()
+        if future.cancelled():  # its waiter went away; the record itself may still commit
+            return
+        self.refusing = future.exception() is not None  # (also marks the exception retrieved)
+
+    async def _durable(self, future: asyncio.Future[int]) -> int:
+        try:
+            return await future
+        except AuditUnavailable:
             raise
         except Exception as exc:
-            self.refusing = True
             raise AuditUnavailable() from exc
-        finally:
-            timer.cancel()
-        self.refusing = False
-        return seq
+
+    def record_later(self, event: AuditEvent) -> None:
+        """Append ``event`` without anyone waiting for it (an inference completion, after its answer left): a
+        failure is logged loudly and counted (``palisade_audit_late_record_failed_total``), never raised, and
+        ``palisade audit verify`` then lists the request as open. ``flush()`` waits for these."""
+        future = self.submit(event, deadline=False)
+        self._later.add(future)
+        future.add_done_callback(lambda f: self._later_done(f, event))
+
+    def _later_done(self, future: asyncio.Future[int], event: AuditEvent) -> None:
+        self._later.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            AUDIT_LATE_FAILED.labels(event.tag).inc()
+            _log.error("audit record after the answer was NOT written; verify lists the request as open",
+                       tag=event.tag, request_id=event.request_id, actor=event.actor, target=event.target)
+
+    async def flush(self) -> None:
+        """Wait until every ``record_later`` record queued so far is committed (or failed)."""
+        if self._later:
+            await asyncio.wait(set(self._later))
 
     async def accepting(self) -> bool:
         """False while the store is known to refuse appends; then at most one probe a second (an append rolled

@@ -13,9 +13,13 @@ class Tag:
     AUTHN_SUCCESS = "authn:principal:success"
     AUTHN_FAILURE = "authn:principal:failure"
     AUTHZ_DENY = "authz:decision:deny"
+    #: an inference request is recorded twice, linked by request id: who asked for what (ACCEPTED, or STREAM_START
+    #: for a stream), durable before any answer byte leaves; then how it ended (INFERENCE or INFERENCE_FAILED: usage,
+    #: status, latency, the serving version, retained content), appended after the answer left
+    INFERENCE_ACCEPTED = "inference:request:accepted"
+    STREAM_START = "inference:stream:start"
     INFERENCE = "inference:request:complete"
     INFERENCE_FAILED = "inference:request:failed"
-    STREAM_START = "inference:stream:start"
     KEY_CREATE = "admin:key:create"
     KEY_REVOKE = "admin:key:revoke"
     MODEL_SEED = "admin:model:seed"
@@ -104,6 +108,12 @@ class Tag:
     BACKUP_CREATE = "ops:backup:create"
     BACKUP_RESTORE = "ops:backup:restore"
     BACKUP_PRUNE = "ops:backup:prune"
+
+
+#: the record of who asked for what, and the record of how the request ended (``palisade audit verify`` lists an
+#: accepted request without a completion as open)
+ACCEPTED_TAGS = frozenset({Tag.INFERENCE_ACCEPTED, Tag.STREAM_START})
+COMPLETION_TAGS = frozenset({Tag.INFERENCE, Tag.INFERENCE_FAILED})
 
 
 @dataclass(slots=True)

@@ -8,6 +8,12 @@ to a hash no record has), ``reordered`` (records whose links point to records el
 table that is not trusted). Trusted keys are the ``--public-key`` PEMs, else the pinned keys file kept outside the
 database (gateway.audit.pins); the database's own key table is never the trust anchor.
 
+Open requests are a finding of their own, not a problem (the chain can hold and still have them): an inference
+request's accepted record (``inference:request:accepted``, or ``inference:stream:start``) with no completion record
+(``inference:request:complete`` / ``failed``) under its request id. Within ``in_flight_s`` of now it is in flight;
+older, its completion was never written (the process ended first, or the store refused it after the answer left:
+docs/security-audit-sequencing.md).
+
 Reads stream in seq order; per record it costs one SHA-256 and a few dict look-ups (≥100k records/s).
 """
 
@@ -17,17 +23,20 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import create_engine, select
 
 from gateway.audit.canonical import GENESIS, checkpoint_payload, iso, record_hash
+from gateway.audit.events import ACCEPTED_TAGS, COMPLETION_TAGS
 from gateway.audit.signing import check_signature, key_id_of, load_public_pem
 from gateway.db.audit import AuditCheckpoint, AuditRecord, AuditSigningKey
 
 KINDS = ("changed", "deleted", "reordered", "truncated", "bad-signature", "unknown-key")
 WINDOW = 100_000  # how far apart two swapped records may be and still be named "reordered"
+IN_FLIGHT_S = 60.0  # an accepted request younger than this with no completion yet is in flight, not open
 _R = AuditRecord.__table__.c
 
 
@@ -43,6 +52,28 @@ class Problem:
 
 
 @dataclass
+class OpenRequest:
+    """An accepted inference request with no completion record."""
+
+    request_id: str
+    seq: int
+    at: datetime
+    actor: str | None
+    model: str | None
+    in_flight: bool
+
+    @property
+    def state(self) -> str:
+        return "in flight" if self.in_flight else (
+            "open: no completion recorded (process ended before it was written)")
+
+    def __str__(self) -> str:
+        who = f" by {self.actor}" if self.actor else ""
+        return f"request {self.request_id} (seq {self.seq}, accepted {iso(self.at)}{who}, model {self.model}): " \
+               f"{self.state}"
+
+
+@dataclass
 class Report:
     records: int = 0
     checkpoints: int = 0
@@ -50,6 +81,12 @@ class Report:
     last_seq: int | None = None
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: accepted inference requests without a completion record (not problems: ``ok`` does not look at them)
+    open_requests: list[OpenRequest] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for r in self.open_requests if r.in_flight)
 
     @property
     def ok(self) -> bool:
@@ -108,17 +145,21 @@ def verify_trail(
     to_seq: int | None = None,
     public_keys: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    in_flight_s: float = IN_FLIGHT_S,
 ) -> Report:
     engine = create_engine(_sync_url(database_url))
     try:
         report = Report()
         keys = load_keys(engine, report, public_keys, keys_file)
-        return _verify(engine, keys, head_file, from_seq, to_seq, progress, report)
+        accepted: dict[str, list[tuple[int, datetime, str | None, str | None]]] = {}
+        _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepted)
+        _open_requests(engine, accepted, to_seq, in_flight_s, report)
+        return report
     finally:
         engine.dispose()
 
 
-def _verify(engine, keys, head_file, from_seq, to_seq, progress, report) -> Report:  # noqa: ANN001, C901
+def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepted) -> Report:  # noqa: ANN001, C901
     with engine.connect() as conn:
         cps = conn.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq, AuditCheckpoint.id)).all()
     # checkpoints: signatures first; only valid ones vouch for records
@@ -192,6 +233,13 @@ def _verify(engine, keys, head_file, from_seq, to_seq, progress, report) -> Repo
                 report.add(
                     "reordered", seq, f"the {vouch_dangling.pop(stored)[1]} signed this record elsewhere"
                 )
+            if tag in ACCEPTED_TAGS and rid is not None:
+                accepted.setdefault(rid, []).append((seq, at, actor, target))
+            elif tag in COMPLETION_TAGS and rid in accepted:  # pairs with the oldest accepted record of its id
+                waiting = accepted[rid]
+                waiting.pop(0)
+                if not waiting:
+                    del accepted[rid]
             recent[stored] = seq
             if len(recent) > WINDOW:
                 recent.popitem(last=False)
@@ -220,6 +268,30 @@ def _verify(engine, keys, head_file, from_seq, to_seq, progress, report) -> Repo
                         "truncated", seq, f"the trail ends at {last} but the {where} vouches for {seq}"
                     )
     return report
+
+
+def _open_requests(engine, accepted, to_seq, in_flight_s, report: Report) -> None:  # noqa: ANN001
+    """What is left unpaired after the walk; with ``to_seq``, a completion after the range still pairs."""
+    if accepted and to_seq is not None:
+        rids = list(accepted)
+        with engine.connect() as conn:
+            for i in range(0, len(rids), 500):
+                rows = conn.execute(
+                    select(_R.request_id).where(_R.seq > to_seq, _R.tag.in_(COMPLETION_TAGS),
+                                                _R.request_id.in_(rids[i:i + 500])).order_by(_R.seq)
+                )
+                for (rid,) in rows:
+                    waiting = accepted.get(rid)
+                    if waiting:
+                        waiting.pop(0)
+    now = datetime.now(UTC)
+    for rid, waiting in accepted.items():
+        for seq, at, actor, model in waiting:
+            at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+            report.open_requests.append(
+                OpenRequest(rid, seq, at, actor, model, (now - at).total_seconds() <= in_flight_s)
+            )
+    report.open_requests.sort(key=lambda r: r.seq)
 
 
 def _start_link(conn, seq: int, anchors: dict[int, str], report: Report) -> str | None:  # noqa: ANN001

@@ -13,7 +13,9 @@ an ML engineer can turn chosen feedback (corrections, low ratings) into a datase
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.audit.events import AuditEvent, Tag
+from gateway.audit.events import ACCEPTED_TAGS, AuditEvent, Tag
 from gateway.authz.actions import Action
 from gateway.batches.service import Access
 from gateway.batches.shapes import FeedbackCreate, FeedbackObject
@@ -34,6 +36,7 @@ from gateway.errors import BadRequest, NotFound
 
 PURPOSE = "feedback"
 MAX_TEXT = 32_000
+COMPLETION_WAIT_S = 5.0  # how long a rating waits for a just-answered request's completion record
 THUMBS = {"up": "up", "down": "down", "thumbs_up": "up", "thumbs_down": "down", "+1": "up", "-1": "down"}
 
 
@@ -74,13 +77,31 @@ class FeedbackService:
             return None
         return self.keyring.decrypt(blob, table="feedback", row=row.id, field=field, purpose=PURPOSE).decode()
 
-    async def _request_of(self, ctx: RequestContext, request_id: str) -> AuditRecord:
-        """The caller's inference record under ``request_id`` (or one the policy lets it rate); else 404."""
+    async def _completions(self, request_id: str) -> list[AuditRecord]:
         async with self.db.session() as s:
-            rows = list((await s.execute(
+            return list((await s.execute(
                 select(AuditRecord).where(AuditRecord.request_id == request_id,
                                           AuditRecord.tag == Tag.INFERENCE).order_by(AuditRecord.seq.desc())
                 .limit(20))).scalars())
+
+    async def _answered_not_recorded(self, request_id: str) -> bool:
+        """An accepted request whose completion record may still be on its way (it is appended after the answer
+        left, so a rating sent at once can arrive first)."""
+        async with self.db.session() as s:
+            return (await s.execute(select(AuditRecord.seq).where(
+                AuditRecord.request_id == request_id, AuditRecord.tag.in_(ACCEPTED_TAGS),
+                AuditRecord.at >= utcnow() - timedelta(seconds=COMPLETION_WAIT_S)).limit(1))).first() is not None
+
+    async def _request_of(self, ctx: RequestContext, request_id: str) -> AuditRecord:
+        """The caller's inference record under ``request_id`` (or one the policy lets it rate); else 404."""
+        rows = await self._completions(request_id)
+        if not rows and await self._answered_not_recorded(request_id):
+            flush = getattr(self.audit, "flush", None)
+            if flush is not None:
+                await flush()  # written by this process: committed once its queue drains
+            deadline = time.monotonic() + COMPLETION_WAIT_S  # by another process: poll a little
+            while not (rows := await self._completions(request_id)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         own = [r for r in rows if r.actor == ctx.principal.id]
         if own:
             return own[0]

@@ -90,8 +90,18 @@ def audit() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Trust only these PEM public keys (default: the pinned keys file, never the database's key table).",
 )
-def verify_cmd(from_seq: int | None, to_seq: int | None, public_keys: tuple[str, ...]) -> None:
-    """Check the hash chain, the signed checkpoints and the external head. Exit 0 clean, 1 on any problem."""
+@click.option(
+    "--in-flight-s",
+    type=float,
+    default=None,
+    help="An accepted request without a completion is 'in flight' this long, then 'open' "
+    "(default PALISADE_AUDIT_IN_FLIGHT_S).",
+)
+def verify_cmd(
+    from_seq: int | None, to_seq: int | None, public_keys: tuple[str, ...], in_flight_s: float | None
+) -> None:
+    """Check the hash chain, the signed checkpoints and the external head. Exit 0 clean, 1 on any problem.
+    Also lists open requests (accepted, no completion recorded): a finding, not a problem."""
     from gateway.audit.chain import head_file_of
     from gateway.audit.pins import keys_file_of
     from gateway.audit.verify import verify_trail
@@ -112,18 +122,23 @@ def verify_cmd(from_seq: int | None, to_seq: int | None, public_keys: tuple[str,
             to_seq=to_seq,
             public_keys=pems,
             progress=lambda n: bar.advance(task, n),
+            in_flight_s=settings.audit_in_flight_s if in_flight_s is None else in_flight_s,
         )
     elapsed = time.perf_counter() - started
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
+    for request in report.open_requests:
+        click.echo(f"OPEN {request}")
     rate = report.records / elapsed if elapsed > 0 else 0.0
     summary = (
         f"{report.records} records ({report.first_seq}..{report.last_seq}), {report.checkpoints} valid "
         f"checkpoints, {len(report.problems)} problems [{', '.join(sorted(report.kinds())) or 'none'}] "
         f"in {elapsed:.2f}s ({rate:,.0f} records/s)"
     )
+    if report.open_requests:
+        summary += f"; {len(report.open_requests)} open requests ({report.in_flight} in flight)"
     click.echo(("FAILED: " if report.problems else "OK: ") + summary)
     sys.exit(1 if report.problems else 0)
 

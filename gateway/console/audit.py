@@ -72,7 +72,7 @@ async def audit_verify(ui: UIDep) -> Template:
     since = str(form.get("from_seq") or "").strip()
     report = await asyncio.to_thread(
         verify_trail, settings.database_url, head_file=head_file_of(settings), keys_file=keys_file_of(settings),
-        from_seq=int(since) if since.isdigit() and len(since) < 20 else None,
+        from_seq=int(since) if since.isdigit() and len(since) < 20 else None, in_flight_s=settings.audit_in_flight_s,
     )
     return fragment("audit_verified.html", report=report)
 

@@ -2,8 +2,15 @@
 it alike, with a ``RequestContext``.
 
 authorize the model -> fill omitted sampling from the model's defaults -> check prompt vs context and max_tokens
--> reserve tokens -> generate/stream -> settle with real usage -> audit with tokens, latency, status and version.
-The answer (or the stream's first byte) never leaves before its audit record is durable.
+-> reserve tokens -> record "accepted" while the upstream works -> generate/stream -> settle with real usage ->
+record the completion with tokens, latency, status and version.
+
+Two records per request, linked by request id (docs/security-audit-sequencing.md): the accepted record (who asked
+for what: principal, model, credential, prompt tokens, origin) is queued on the group-commit writer before the
+upstream is called, and the answer (or the stream's first byte) never leaves before it is durable: the answer
+waits for max(upstream, commit), not their sum. The completion record is appended after the answer left, without
+anyone waiting for it; one that is never written (a crash, a store that stopped accepting) is not silent:
+``palisade audit verify`` lists its request as open.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class Prepared:
     headers: dict[str, str] = field(default_factory=dict)
     #: the router pool this request goes to: the alias, or ``<alias>@canary`` when its canary takes it
     target: str = ""
+    stream: bool = False
 
     def served_by(self, version: str | None) -> None:
         """The version the router chose (known once an endpoint is picked): header and audit record name it."""
@@ -164,7 +172,8 @@ class InferenceService:
                         None, headers, target)
 
     async def complete(self, p: Prepared) -> GenerationResult:
-        status = "error"
+        accepted = self._accept(p, Tag.INFERENCE_ACCEPTED)  # committed while the upstream works
+        status = "cancelled"
         usage = Usage(prompt_tokens=p.prompt_tokens)
         settled = False
         try:
@@ -177,38 +186,57 @@ class InferenceService:
                 raise UpstreamTimeout("the model did not answer within the request timeout") from exc
             usage = result.usage
             p.served_by(result.model_version)
+            # the answer leaves only once its accepted record is durable (an unaudited answer is never sent);
+            # returning the unused part of the reservation overlaps what is left of that wait
+            if accepted.done():  # committed while the upstream worked (or refused: 503 now)
+                await self._durable(accepted)
+                settled = True
+                await self._settle(p, usage)
+            else:
+                settled = True
+                await asyncio.gather(self._durable(accepted), self._settle(p, usage))
             status = "ok"
-            # recorded before the answer leaves (an unaudited answer is never sent); returning the unused part
-            # of the reservation overlaps the audit commit instead of adding a Redis round trip after it
-            settled = True
-            await asyncio.gather(
-                self._audit(p, Tag.INFERENCE, status, usage, completion=result.text),
-                self._settle(p, usage),
-            )
+            self._complete(p, Tag.INFERENCE, status, usage, completion=result.text)
             return result
         except ApiError as exc:
             if status != "ok":
-                await self._audit(p, Tag.INFERENCE_FAILED, f"error:{exc.status_code}", usage)
+                status = f"error:{exc.status_code}"
+                self._complete(p, Tag.INFERENCE_FAILED, status, usage)
+                await self._durable(accepted)  # not written: 503 instead, whatever the upstream said
+            raise
+        except Exception:
+            if status != "ok":
+                status = "error"
+                self._complete(p, Tag.INFERENCE_FAILED, status, usage)
             raise
         finally:
+            if status == "cancelled":  # the caller went away: the request still ends in the trail
+                self._complete(p, Tag.INFERENCE_FAILED, status, usage)
             if not settled:
                 await self._settle(p, usage)
 
     async def open_stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
-        """Choose the endpoint (so the version header is known), audit the start before any byte is sent, then
-        return the delta iterator (every delta from that one version)."""
+        """Record the start (the accepted record) while the endpoint is chosen (so the version header is known),
+        wait until that record is durable before any byte is sent, then return the delta iterator (every delta
+        from that one version)."""
+        accepted = self._accept(p, Tag.STREAM_START)
         try:
             opened = await self.router.open_stream(p.target or p.alias, p.request)
-        except ApiError as exc:
+        except BaseException as exc:
             await self._settle(p, Usage())
-            await self._audit(p, Tag.INFERENCE_FAILED, f"error:{exc.status_code}", Usage(prompt_tokens=p.prompt_tokens))
+            status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
+            self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
+            if isinstance(exc, ApiError):
+                await self._durable(accepted)  # an error answer too leaves once the start is durable (else 503)
             raise
         p.served_by(opened.version)
         try:
-            await self._audit(p, Tag.STREAM_START, "started", Usage(prompt_tokens=p.prompt_tokens))
-        except BaseException:
+            await self._durable(accepted)
+        except BaseException as exc:
             await opened.aclose()
             await self._settle(p, Usage())
+            status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
+            self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
             raise
         return self._stream(p, opened)
 
@@ -235,12 +263,10 @@ class InferenceService:
         finally:
             if status != "ok":
                 usage = Usage(p.prompt_tokens, max(usage.completion_tokens, produced))
+            # queued before the settle's round trip: the completion is on its way whatever happens next
+            self._complete(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED, status, usage,
+                           completion="".join(pieces) if pieces is not None else None)
             await self._settle(p, usage)
-            try:
-                await self._audit(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED,
-                                  status, usage, completion="".join(pieces) if pieces is not None else None)
-            except Exception as exc:  # the stream already left; record the gap loudly
-                _log.error("audit of stream end failed", request_id=p.ctx.request_id, error=type(exc).__name__)
 
     # ------------------------------------------------------------------ settle and audit
     def _seal_content(self, p: Prepared, completion: str | None) -> str:
@@ -258,13 +284,13 @@ class InferenceService:
         except Exception as exc:
             _log.warning("limiter settle failed", error=type(exc).__name__)
 
-    async def _audit(self, p: Prepared, tag: str, status: str, usage: Usage, *, completion: str | None = None) -> None:
-        details: dict[str, Any] = {
+    def _details(self, p: Prepared, status: str, usage: Usage) -> dict[str, Any]:
+        return {
             "status": status,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "latency_ms": round((time.perf_counter() - p.started) * 1000, 1),
-            "stream": tag == Tag.STREAM_START or None,
+            "stream": True if p.stream else None,
             # how this request authenticated (the audit event of a bearer success, folded into this record):
             # the method and the credential's id (key id, token jti, session id), never the credential
             "auth_method": p.ctx.principal.auth_method,
@@ -272,10 +298,41 @@ class InferenceService:
             "model_version": p.version,
             "route": p.target if p.target != p.alias else None,
         }
-        if p.retain and tag != Tag.STREAM_START:
-            details["content_enc"] = self._seal_content(p, completion)
-        event = AuditEvent.of(p.ctx, tag, target=p.alias, decision="allow", **details)
+
+    def _accept(self, p: Prepared, tag: str) -> asyncio.Future[int]:
+        """Queue the accepted record (who asked for what) on the group-commit writer and return at once: the
+        caller awaits ``_durable`` on it before any answer byte leaves. The version is the one the route points
+        at now; the completion names the version that answered."""
+        p.stream = tag == Tag.STREAM_START
+        details: dict[str, Any] = {
+            "status": "started" if p.stream else "accepted",
+            "prompt_tokens": p.prompt_tokens,
+            "max_tokens": p.request.params.max_tokens,
+            "stream": True if p.stream else None,
+            "auth_method": p.ctx.principal.auth_method,
+            "auth_id": p.ctx.principal.key_id,
+            "routed_version": self.router.version(p.target or p.alias),
+            "route": p.target if p.target != p.alias else None,
+        }
+        if p.retain:  # the prompt, so a request answered but never completed in the trail still shows what
+            details["content_enc"] = self._seal_content(p, None)
+        return self.audit.submit(AuditEvent.of(p.ctx, tag, target=p.alias, decision="allow", **details))
+
+    async def _durable(self, accepted: asyncio.Future[int]) -> None:
         try:
-            await self.audit.record(event)
+            with tracing.span("audit.record", tag="accepted"):  # what is left of its commit after the upstream
+                await accepted
         except Exception as exc:
             raise ServiceUnavailable("the audit trail cannot record this request; refusing to answer") from exc
+
+    def _complete(self, p: Prepared, tag: str, status: str, usage: Usage, *, completion: str | None = None) -> None:
+        """The completion record (everything the accepted one says, plus how it ended), after the answer left:
+        nobody waits for it; a failure is logged and counted by the chain, and verify lists the request as open."""
+        details = self._details(p, status, usage)
+        if p.retain:
+            details["content_enc"] = self._seal_content(p, completion)
+        try:
+            self.audit.record_later(AuditEvent.of(p.ctx, tag, target=p.alias, decision="allow", **details))
+        except Exception as exc:  # never raised to the client: the answer is already on its way
+            _log.error("audit completion could not be queued", request_id=p.ctx.request_id,
+                       error=type(exc).__name__)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.waiting import wait_until
 
 SECRET_PROMPT = "the merger code name is BLUEHERON-7731"
 
@@ -30,9 +31,14 @@ def gw(tmp_path_factory, tiny_model_dir):
 
 
 def _records(data, request_id):
-    with sqlite3.connect(data / "palisade.db") as conn:
-        query = "SELECT seq, tag, details FROM audit_records WHERE request_id = ?"
-        return conn.execute(query, (request_id,)).fetchall()
+    """The request's records once its completion is in (appended just after the answer left)."""
+    def read():
+        with sqlite3.connect(data / "palisade.db") as conn:
+            query = "SELECT seq, tag, details FROM audit_records WHERE request_id = ? ORDER BY seq"
+            rows = conn.execute(query, (request_id,)).fetchall()
+        return rows if any(row[1] == "inference:request:complete" for row in rows) else []
+
+    return wait_until(read, timeout=10, what=f"the completion record of {request_id}")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -55,6 +61,11 @@ def test_retained_content_is_encrypted_and_readable_by_the_cli(gw, stream):
     with sqlite3.connect(data / "palisade.db") as conn:  # reading it is audited too
         assert conn.execute("SELECT count(*) FROM audit_records WHERE tag = 'audit:content:read' AND target = ?",
                             (f"seq:{seq}",)).fetchone()[0] == 1
+    # the accepted record, durable before the answer, holds the prompt too (sealed the same way)
+    (accepted, _, first), = [row for row in _records(data, rid) if row[1] != "inference:request:complete"]
+    assert "content_enc" in json.loads(first)
+    asked = json.loads(cli(env, "audit", "content", str(accepted)).stdout)
+    assert asked["messages"] == [{"role": "user", "content": SECRET_PROMPT}] and asked["completion"] is None
 
 
 def test_models_without_retention_keep_no_content(gw):

@@ -4,49 +4,23 @@ served unaudited; when it accepts again, service resumes."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from gateway.db.migrate import upgrade
-from gateway.settings import Settings
+from tests.support.app_role import app_role_database
 from tests.support.server import GatewayProcess, base_env, create_key
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
 def app_role_db(pg_url: str):
-    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
-    role, name = f"palisade_app_{secrets.token_hex(3)}", f"palisade_fc_{secrets.token_hex(3)}"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE ROLE "{role}" LOGIN')
-        c.execute(f'CREATE DATABASE "{name}"')
-    owner_url = f"{pg_url.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(owner_url, autocommit=True) as c:
-        # the documented deployment order: default grants for the app role, then migrate naming the role
-        c.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
-        c.execute(
-            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES "
-            f'TO "{role}"'
-        )
-        c.execute(f'ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO "{role}"')
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PALISADE_DB_APP_ROLE", role)
-    upgrade(
-        Settings(
-            data_dir=Path("/tmp"), database_url=owner_url.replace("postgresql://", "postgresql+psycopg://")
-        )
-    )
-    mp.undo()
-    app_url = owner_url.replace("postgres@", f"{role}@")
-    yield owner_url, app_url, role
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        c.execute(f'DROP ROLE IF EXISTS "{role}"')
+    with app_role_database(pg_url) as dbs:
+        yield dbs
 
 
 def test_app_role_cannot_update_delete_truncate_or_disable_the_trigger(app_role_db) -> None:
@@ -97,6 +71,10 @@ def test_audit_store_refusing_writes_gives_503_and_nothing_is_served(app_role_db
             ok = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
             assert ok.status_code == 200, ok.text
             assert "Echo" in ok.json()["choices"][0]["message"]["content"]
+            with psycopg.connect(owner_url, autocommit=True) as c:  # its completion follows the answer
+                wait_until(lambda: c.execute("SELECT count(*) FROM audit_records WHERE request_id = %s AND tag = "
+                                             "'inference:request:complete'", (ok.headers["x-request-id"],))
+                           .fetchone()[0] == 1, timeout=10, what="the first answer's completion record")
             ready = httpx.get(gw.url + "/readyz", timeout=10)
             assert ready.status_code == 200 and ready.json()["checks"]["audit"] is True, ready.text
             with psycopg.connect(owner_url, autocommit=True) as c:

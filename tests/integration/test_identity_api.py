@@ -581,12 +581,16 @@ async def test_inference_audit_records_name_how_each_request_authenticated(gw):
         )
         assert r.status_code == 200, r.text
         request_ids.append(r.headers["x-request-id"])
+    await services_of(app).audit.flush()  # each completion record is appended after its answer left
     records = await audit_tags(app, seq)
-    # one record per request (the authentication is folded into it, not a record of its own)
-    assert [(r.request_id, r.tag) for r in records] == [(rid, Tag.INFERENCE) for rid in request_ids]
+    # the request's two records (who asked, then how it ended), and the authentication folded into both, not a
+    # record of its own
+    assert [(r.request_id, r.tag) for r in records] == [
+        (rid, tag) for rid in request_ids for tag in (Tag.INFERENCE_ACCEPTED, Tag.INFERENCE)
+    ]
     details = [json.loads(r.details) for r in records]
     assert [(d["auth_method"], d["auth_id"]) for d in details] == [
-        ("jwt", claims_of(token)["jti"]),
-        ("api_key", key.id),
+        ("jwt", claims_of(token)["jti"]), ("jwt", claims_of(token)["jti"]),
+        ("api_key", key.id), ("api_key", key.id),
     ]
     assert all(token not in r.details and key.key not in r.details for r in records)

@@ -12,6 +12,9 @@ import httpx
 import pytest
 
 from tests.support.server import ROOT, GatewayProcess, base_env, cli, create_key
+from tests.support.waiting import wait_until
+
+ACCEPTED = "inference:request:accepted"
 
 SEND = """
 import json, sys
@@ -31,10 +34,15 @@ def _send(env: dict[str, str], *args: object) -> dict:
 
 
 def _records(data_dir, request_id: str) -> list[tuple[str, str, dict]]:
-    with sqlite3.connect(data_dir / "palisade.db") as db:
-        rows = db.execute("SELECT tag, actor, details FROM audit_records WHERE request_id = ? ORDER BY seq",
-                          (request_id,)).fetchall()
-    return [(tag, actor, json.loads(details)) for tag, actor, details in rows]
+    """The request's records once its completion is in (appended just after the answer left)."""
+    def read() -> list[tuple[str, str, dict]]:
+        with sqlite3.connect(data_dir / "palisade.db") as db:
+            rows = db.execute("SELECT tag, actor, details FROM audit_records WHERE request_id = ? ORDER BY seq",
+                              (request_id,)).fetchall()
+        found = [(tag, actor, json.loads(details)) for tag, actor, details in rows]
+        return found if any(tag.startswith("inference:request:") and tag != ACCEPTED for tag, _, _ in found) else []
+
+    return wait_until(read, timeout=10, what=f"the completion record of {request_id}")
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +74,14 @@ def test_job_call_is_audited_like_http(setup):
     assert out["usage"]["completion_tokens"] >= 1
     job = _records(data, out["request_id"])
 
-    assert [t for t, _, _ in http] == [t for t, _, _ in job] == ["inference:request:complete"]
-    (_, http_actor, http_details), (_, job_actor, job_details) = http[0], job[0]
-    assert http_actor == job_actor == f"key:{ids['job-app']}"
-    # the same fields, and the same credential named; only where it came from differs
-    assert set(job_details) - {"origin"} == set(http_details) - {"client_ip"}
-    assert job_details["origin"] == "task" and job_details["auth_method"] == http_details["auth_method"] == "api_key"
-    assert job_details["auth_id"] == http_details["auth_id"] == ids["job-app"]
+    assert [t for t, _, _ in http] == [t for t, _, _ in job] == [ACCEPTED, "inference:request:complete"]
+    for (_, http_actor, http_details), (_, job_actor, job_details) in zip(http, job, strict=True):
+        assert http_actor == job_actor == f"key:{ids['job-app']}"
+        # the same fields, and the same credential named; only where it came from differs
+        assert set(job_details) - {"origin"} == set(http_details) - {"client_ip"}
+        assert job_details["origin"] == "task"
+        assert job_details["auth_method"] == http_details["auth_method"] == "api_key"
+        assert job_details["auth_id"] == http_details["auth_id"] == ids["job-app"]
 
 
 def test_job_is_refused_like_http(setup):
