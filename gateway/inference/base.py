@@ -71,6 +71,7 @@ class StreamDelta:
     finish_reason: FinishReason | None = None  # set on the last delta only
     usage: Usage | None = None  # set on the last delta only
     model_version: str | None = None  # set by the router on every delta (one version per stream)
+    pieces: int = 1  # upstream events joined into ``text`` (the tokens sent, for a stream that fails before usage)
 
 
 class BackendError(Exception):

@@ -206,6 +206,10 @@ class OpenAIBackend(Backend):
                 else:  # end of the response
                     events = decoder.finish()
                     clean = done = True
+                # the events that arrived together leave together: when the upstream streams faster than the
+                # client reads, their texts are joined into one delta (one SSE event downstream), so the gateway
+                # never falls behind a fast upstream one event at a time; a slow upstream still gives one each
+                texts: list[str] = []
                 for data in events:
                     if data.strip() == b"[DONE]":
                         clean = done = True
@@ -222,7 +226,9 @@ class OpenAIBackend(Backend):
                         finish = finish_reason(reason)
                     if text:
                         completion += 1
-                        yield StreamDelta(text=text)
+                        texts.append(text)
+                if texts:
+                    yield StreamDelta(text="".join(texts), pieces=len(texts))
             if finish is None:
                 raise BackendError(f"{self.what} ended the stream without finishing")
             if usage is None:

@@ -249,7 +249,7 @@ class InferenceService:
             async with aclosing(opened) as deltas:
                 async for delta in deltas:
                     if delta.text:
-                        produced += 1
+                        produced += delta.pieces
                         if pieces is not None:
                             pieces.append(delta.text)
                     if delta.usage is not None:

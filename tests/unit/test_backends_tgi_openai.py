@@ -121,7 +121,8 @@ async def test_die_mid_stream_raises_after_first_deltas(protocol: str) -> None:
                 async for d in backend.stream(prompt_req("one two three four five")):
                     got.append(d.text)
             assert not isinstance(info.value, BackendConnectError | BackendTimeout)
-            assert got == ["Echo: ", "one "]
+            # what arrived before the drop, as it arrived (events that come together may leave as one delta)
+            assert "".join(got) == "Echo: one " and got[0].startswith("Echo")
             assert time.monotonic() - start < 2
             with pytest.raises(BackendError):
                 await backend.generate(prompt_req())
