@@ -201,8 +201,10 @@ class InferenceService:
         except ApiError as exc:
             if status != "ok":
                 status = f"error:{exc.status_code}"
+                # the accepted record first: refused -> 503 instead, whatever the upstream said, and no completion
+                # (a request the trail never accepted is not billed in it either)
+                await self._durable(accepted)
                 self._complete(p, Tag.INFERENCE_FAILED, status, usage)
-                await self._durable(accepted)  # not written: 503 instead, whatever the upstream said
             raise
         except Exception:
             if status != "ok":
@@ -225,9 +227,9 @@ class InferenceService:
         except BaseException as exc:
             await self._settle(p, Usage())
             status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
-            self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
             if isinstance(exc, ApiError):
                 await self._durable(accepted)  # an error answer too leaves once the start is durable (else 503)
+            self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
             raise
         p.served_by(opened.version)
         try:
@@ -235,8 +237,8 @@ class InferenceService:
         except BaseException as exc:
             await opened.aclose()
             await self._settle(p, Usage())
-            status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
-            self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
+            if not isinstance(exc, ApiError):  # refused: the trail never accepted it, so no completion either
+                self._complete(p, Tag.INFERENCE_FAILED, "cancelled", Usage(prompt_tokens=p.prompt_tokens))
             raise
         return self._stream(p, opened)
 
