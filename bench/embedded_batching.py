@@ -124,6 +124,7 @@ async def main() -> None:
                 same[c] = f"{sum(a == b for a, b in zip(texts, base_texts, strict=True))}/{len(prompts)}"
         per_round.append(row)
         print(f"round {r + 1}: " + ", ".join(f"{k} {t / w:.1f} tok/s" for k, (t, w) in row.items()))
+    device = str(backend.device)
     await backend.close()
 
     def median(xs: list[float]) -> float:
@@ -132,7 +133,7 @@ async def main() -> None:
         return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
     base_tps = median([t / w for t, w in (row["base"] for row in per_round)])
-    result = {"bench": "embedded_batching", "model": args.model, "device": str(backend.device),
+    result = {"bench": "embedded_batching", "model": args.model, "device": device,
               "threads": torch.get_num_threads(), "requests": args.requests, "max_tokens": args.max_tokens,
               "rounds": args.rounds, "baseline_tokens_per_s": round(base_tps, 2)}
     print(f"\n{'path (median of rounds)':<36} {'conc':>5} {'tokens':>7} {'tok/s':>8} {'ratio':>6}")

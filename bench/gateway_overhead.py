@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--gateway-cpu", default="1", help="with --loadgen: cores for the gateway (taskset)")
     ap.add_argument("--loadgen-cpu", default="0", help="with --loadgen: cores for load generator and mock")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy the gateway during each gateway run")
+    ap.add_argument("--upstream-delay-ms", type=float, default=0.0,
+                    help="with --loadgen: the Go mock holds each request this long (a model's time; the audit commit "
+                         "overlaps it)")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r] or [args.rate]
 
@@ -131,7 +134,7 @@ def main() -> None:
     if args.loadgen:
         from bench import pinned
 
-        upstream = pinned.start_mock(args.loadgen, up_port, args.loadgen_cpu)
+        upstream = pinned.start_mock(args.loadgen, up_port, args.loadgen_cpu, args.upstream_delay_ms)
     else:
         upstream = start_upstream(up_port)
     tmp = Path(tempfile.mkdtemp(prefix="palisade-bench-"))

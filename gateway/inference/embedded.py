@@ -153,6 +153,7 @@ class EmbeddedBackend(Backend):
     stop_token_ids = property(lambda self: self._engine.stop_token_ids if self._engine else set())
     steps = property(lambda self: self._engine.steps if self._engine else 0)
     stats = property(lambda self: self._engine.stats if self._engine else {})
+    device = property(lambda self: self._engine.device if self._engine else None)
     _fast = property(lambda self: self._engine.fast if self._engine else None)
 
     @property
@@ -445,21 +446,18 @@ class _Engine:
 
     def _unload(self) -> None:
         """Drop the weights now (a hot swap frees the old copy: RSS back to where it was before the swap)."""
+        # no gc.collect(): nothing holds the weights in a cycle, so dropping the references frees them, while a full
+        # collection of a serving gateway's heap holds the GIL long enough to stall every request in flight
         self.model = self.fast = self._kv = self._hooks = None
         self.lora = type(self.lora)()
         self._active = []
-        import gc
-
-        gc.collect()
         with contextlib.suppress(Exception):
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        with contextlib.suppress(Exception):  # glibc keeps freed arenas mapped; give them back to the OS
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        # glibc keeps freed arenas mapped; give them back to the OS from a thread (ctypes releases the GIL)
+        threading.Thread(target=_malloc_trim, name="malloc-trim", daemon=True).start()
 
     # ------------------------------------------------------------------ adapters and commands
     def call(self, fn: Any) -> Future[Any]:
@@ -837,6 +835,13 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
             ids.add(vocab[tok])
     return ids
 
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _run_command(fn: Any, future: Future[Any]) -> None:

@@ -125,6 +125,14 @@ def rid_for(what: str) -> str:
     return f"crash-{what}-{secrets.token_hex(4)}"
 
 
+def accepted_while_held(gw, key: str, upstream, owner_url: str, rid: str) -> Call:  # noqa: ANN001
+    """Send a request the (held) upstream keeps; return once it is at the upstream and its accepted record is in."""
+    call = Call(gw, key, rid)
+    upstream.wait_for(lambda s: s.held >= 1, what="the request at the upstream")
+    wait_until(lambda: tags(owner_url, rid) == [ACCEPTED], timeout=10, what="the accepted record")
+    return call
+
+
 # --------------------------------------------------------------------------------------------------- normal path
 def test_accepted_commits_while_the_upstream_works_and_the_completion_follows(gw, setup, upstream, dbs) -> None:
     env, key = setup
@@ -132,10 +140,8 @@ def test_accepted_commits_while_the_upstream_works_and_the_completion_follows(gw
     rid = rid_for("normal")
     upstream.hold()
     try:
-        call = Call(gw, key, rid)
-        upstream.wait_for(lambda s: s.held >= 1, what="the request at the upstream")
         # durable while the upstream is still working: the commit overlaps the upstream call, not follows it
-        wait_until(lambda: tags(owner_url, rid) == [ACCEPTED], timeout=10, what="the accepted record")
+        call = accepted_while_held(gw, key, upstream, owner_url, rid)
         assert upstream.stats.held == 1 and call.response is None and call.error is None
     finally:
         upstream.release()
@@ -220,9 +226,7 @@ def test_killed_while_the_upstream_works(gw, setup, upstream, dbs) -> None:
     rid = rid_for("upstream")
     upstream.hold()
     try:
-        call = Call(gw, key, rid)
-        upstream.wait_for(lambda s: s.held >= 1, what="the request at the upstream")
-        wait_until(lambda: tags(owner_url, rid) == [ACCEPTED], timeout=10, what="the accepted record")
+        call = accepted_while_held(gw, key, upstream, owner_url, rid)
         kill(gw)
         call.join()
     finally:
