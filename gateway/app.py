@@ -25,6 +25,7 @@ from gateway.api.admin_keys import ADMIN_IDENTITY_ROUTES
 from gateway.api.admin_limits import LIMITS_ROUTES
 from gateway.api.admin_models import MODEL_ROUTES
 from gateway.api.admin_policy import POLICY_ROUTES
+from gateway.api.deps import ServicesDep
 from gateway.api.guard import context_of, make_authorize
 from gateway.api.identity_api import IDENTITY_ROUTES
 from gateway.api.openai_api import OpenAIController
@@ -151,6 +152,9 @@ def services_of(app: Litestar) -> Services:
     return app.state.services
 
 
-def _context_dependency(request: Request) -> RequestContext:
-    """The ``ctx`` every guarded handler may ask for: built by the guard after authentication."""
+def _context_dependency(request: Request, services: ServicesDep) -> RequestContext:
+    """The ``ctx`` every guarded handler may ask for: built by the guard after authentication. It names
+    ``services`` (unused) so Litestar resolves the two one after the other: two dependencies at the same level
+    are resolved concurrently, in an anyio task group that costs two tasks per request."""
+    del services
     return context_of(request)

@@ -85,6 +85,7 @@ class Services:
         await self.models.close()
         await self.router.close()
         await self.audit.close()  # flush queued records, sign a final checkpoint
+        await self.limiter.close()  # settles still queued
         await self.identity.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,19 +39,25 @@ _PG_TYPES = ("bigint", "timestamptz", *(["text"] * 9))
 _PG_HEAD_LOCK = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
 _PG_SEED = "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING"
 _PG_MOVE_HEAD = "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s RETURNING id"
-_PG_UNNEST = ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-#: fixed column names and placeholders only: no value is ever formatted into the text
+_PG_RECORDSET = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _PG_TYPES, strict=True))
+#: fixed column names and placeholders only: no value is ever formatted into the text. The batch travels as ONE
+#: JSON parameter (json.dumps is C; adapting eleven Python lists to Postgres arrays cost ~130 µs per batch)
 _PG_APPEND = " ".join((
     f"WITH head AS ({_PG_MOVE_HEAD})",
     f"INSERT INTO audit_records ({', '.join(COLUMNS)})",
-    f"SELECT * FROM unnest({_PG_UNNEST})",  # noqa: S608
+    f"SELECT {', '.join(COLUMNS)} FROM json_to_recordset(%s::json) AS r({_PG_RECORDSET})",  # noqa: S608
     "WHERE EXISTS (SELECT 1 FROM head)",
 ))
 
 
+def _iso(value: Any) -> str:
+    return value.isoformat()  # the one non-JSON value in a row: ``at``, an aware datetime (exact to the µs)
+
+
 def _pg_params(rows: list[dict[str, Any]], base_seq: int, base_hash: str) -> list[Any]:
     last = rows[-1]
-    return [last["seq"], last["hash"], base_seq, base_hash, *([r[c] for r in rows] for c in COLUMNS)]
+    return [last["seq"], last["hash"], base_seq, base_hash,
+            json.dumps(rows, default=_iso, ensure_ascii=False, separators=(",", ":"))]
 
 
 class PgAppender:

@@ -186,15 +186,12 @@ class InferenceService:
                 raise UpstreamTimeout("the model did not answer within the request timeout") from exc
             usage = result.usage
             p.served_by(result.model_version)
-            # the answer leaves only once its accepted record is durable (an unaudited answer is never sent);
-            # returning the unused part of the reservation overlaps what is left of that wait
-            if accepted.done():  # committed while the upstream worked (or refused: 503 now)
-                await self._durable(accepted)
-                settled = True
-                await self._settle(p, usage)
-            else:
-                settled = True
-                await asyncio.gather(self._durable(accepted), self._settle(p, usage))
+            # the unused part of the reservation goes back without holding the answer (sent in the background,
+            # before this process's next reserve); the answer leaves only once its accepted record is durable
+            # (an unaudited answer is never sent)
+            settled = True
+            self._release(p, usage)
+            await self._durable(accepted)
             status = "ok"
             self._complete(p, Tag.INFERENCE, status, usage, completion=result.text)
             return result
@@ -215,7 +212,7 @@ class InferenceService:
             if status == "cancelled":  # the caller went away: the request still ends in the trail
                 self._complete(p, Tag.INFERENCE_FAILED, status, usage)
             if not settled:
-                await self._settle(p, usage)
+                self._release(p, usage)
 
     async def open_stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
         """Record the start (the accepted record) while the endpoint is chosen (so the version header is known),
@@ -225,7 +222,7 @@ class InferenceService:
         try:
             opened = await self.router.open_stream(p.target or p.alias, p.request)
         except BaseException as exc:
-            await self._settle(p, Usage())
+            self._release(p, Usage())
             status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
             if isinstance(exc, ApiError):
                 await self._durable(accepted)  # an error answer too leaves once the start is durable (else 503)
@@ -236,7 +233,7 @@ class InferenceService:
             await self._durable(accepted)
         except BaseException as exc:
             await opened.aclose()
-            await self._settle(p, Usage())
+            self._release(p, Usage())
             if not isinstance(exc, ApiError):  # refused: the trail never accepted it, so no completion either
                 self._complete(p, Tag.INFERENCE_FAILED, "cancelled", Usage(prompt_tokens=p.prompt_tokens))
             raise
@@ -265,10 +262,9 @@ class InferenceService:
         finally:
             if status != "ok":
                 usage = Usage(p.prompt_tokens, max(usage.completion_tokens, produced))
-            # queued before the settle's round trip: the completion is on its way whatever happens next
             self._complete(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED, status, usage,
                            completion="".join(pieces) if pieces is not None else None)
-            await self._settle(p, usage)
+            self._release(p, usage)
 
     # ------------------------------------------------------------------ settle and audit
     def _seal_content(self, p: Prepared, completion: str | None) -> str:
@@ -278,11 +274,11 @@ class InferenceService:
                                     field="content", purpose="prompts")
         return blob.hex()  # hex, so no credential-looking pattern can appear and get scrubbed
 
-    async def _settle(self, p: Prepared, usage: Usage) -> None:
+    def _release(self, p: Prepared, usage: Usage) -> None:
         TOKENS.labels(p.alias, "in").inc(usage.prompt_tokens)
         TOKENS.labels(p.alias, "out").inc(usage.completion_tokens)
         try:
-            await self.limiter.settle(p.reservation, usage.total_tokens)
+            self.limiter.release(p.reservation, usage.total_tokens)
         except Exception as exc:
             _log.warning("limiter settle failed", error=type(exc).__name__)
 

@@ -67,3 +67,6 @@ class Limiter(Protocol):
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Return the unused part of the reservation and release the concurrency slot."""
+
+    def release(self, reservation: Reservation, used_tokens: int) -> None:
+        """``settle`` without waiting (after the answer left); a later ``reserve`` waits until it reached the store."""

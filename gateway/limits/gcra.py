@@ -83,33 +83,40 @@ end
 return out
 """
 
-#: KEYS: the reservation's base keys. ARGV: id, reserved, used, day, then per scope tpm, conc, daily.
+#: settles one or more reservations in one call: ARGV is, per reservation, its id, reserved and used tokens, the
+#: day it charged, its number of scopes n, then (tpm, concurrency, daily) per scope; KEYS are the scopes' keys in
+#: the same order (a batch of settles queued behind each other costs one round trip)
 SETTLE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local id, reserved, used, day = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local refund = reserved - used
-for i = 1, #KEYS do
-  local b = 4 + (i - 1) * 3
-  local tpm, conc, daily = tonumber(ARGV[b+1]), tonumber(ARGV[b+2]), tonumber(ARGV[b+3])
-  local k = KEYS[i]
-  if tpm > 0 and refund ~= 0 then
-    local tat = tonumber(redis.call('GET', k .. ':tpm') or 0)
-    if tat > now or refund < 0 then
-      local new = math.max(tat, now) - refund * 60 / tpm
-      if new > now then
-        redis.call('SET', k .. ':tpm', tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
-      else
-        redis.call('DEL', k .. ':tpm')
+local a, kk = 1, 0
+while a <= #ARGV do
+  local id, reserved, used, day, n = ARGV[a], tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), ARGV[a+3], tonumber(ARGV[a+4])
+  local refund = reserved - used
+  for i = 1, n do
+    local b = a + 5 + (i - 1) * 3
+    local tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b+1]), tonumber(ARGV[b+2])
+    local k = KEYS[kk + i]
+    if tpm > 0 and refund ~= 0 then
+      local tat = tonumber(redis.call('GET', k .. ':tpm') or 0)
+      if tat > now or refund < 0 then
+        local new = math.max(tat, now) - refund * 60 / tpm
+        if new > now then
+          redis.call('SET', k .. ':tpm', tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+        else
+          redis.call('DEL', k .. ':tpm')
+        end
       end
     end
+    if conc > 0 then redis.call('ZREM', k .. ':conc', id) end
+    if daily > 0 and refund ~= 0 then
+      local dk = k .. ':day:' .. day
+      local left = redis.call('DECRBY', dk, refund)
+      if left < 0 then redis.call('SET', dk, 0, 'EX', 172800) end
+    end
   end
-  if conc > 0 then redis.call('ZREM', k .. ':conc', id) end
-  if daily > 0 and refund ~= 0 then
-    local dk = k .. ':day:' .. day
-    local left = redis.call('DECRBY', dk, refund)
-    if left < 0 then redis.call('SET', dk, 0, 'EX', 172800) end
-  end
+  a = a + 5 + n * 3
+  kk = kk + n
 end
 return 1
 """

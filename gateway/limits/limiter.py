@@ -8,6 +8,7 @@ an admin set ``limits.fail_open``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -34,6 +35,7 @@ LIMITED = Counter(
 LIMITER_ERRORS = Counter(
     "palisade_limiter_unavailable_total", "Limiter store failures by outcome", ["outcome"], registry=REGISTRY
 )
+SETTLE_BATCH_MAX = 256
 
 _WINDOWS = {"requests_per_minute": 60, "tokens_per_minute": 60, "daily_tokens": 86400}
 
@@ -104,6 +106,10 @@ class RateLimiter:
         if redis is not None:
             self._reserve = _Script(redis, RESERVE_LUA)
             self._settle = _Script(redis, SETTLE_LUA)
+        #: released reservations not sent yet, and the one sender (the settler task or a reserve that goes first)
+        self._released: list[tuple[Reservation, int]] = []
+        self._sending = asyncio.Lock()
+        self._settler: asyncio.Task[None] | None = None
 
     async def reserve(
         self, principal: Principal, model: str, tokens: int, *, priority: int | None = None
@@ -125,6 +131,8 @@ class RateLimiter:
         if self.memory is not None:
             res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s, res.left)
         else:
+            if self._released or self._sending.locked():  # what was released before this request goes first
+                await self._send_released()
             refusal = await self._reserve_redis(res)
         if self.watch is not None:
             self.watch.note(principal.id, tokens, denied=refusal is not None)
@@ -158,25 +166,78 @@ class RateLimiter:
         return Refusal(scope, kind, int(out[3]) / 1000, int(out[4]), int(out[5]), int(out[6]))
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Return the unused part of the reservation and release its concurrency slot; returns once Redis did."""
         if reservation.settled:
             return
         reservation.settled = True
         if not reservation.scopes:
             return
-        used = max(0, int(used_tokens))
         if self.memory is not None:
-            self.memory.settle(
-                time.time(), reservation.scopes, reservation.token, reservation.tokens, used, reservation.day
-            )
+            self._settle_memory(reservation, used_tokens)
             return
-        args: list[Any] = [reservation.token, reservation.tokens, used, reservation.day]
-        for s in reservation.scopes:
-            args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
-        await self._settle([s.key for s in reservation.scopes], args)
+        await self._send_settles([(reservation, max(0, int(used_tokens)))])
+
+    def release(self, reservation: Reservation, used_tokens: int) -> None:
+        """``settle`` without waiting for it (after the answer left): in memory at once; with Redis queued and sent
+        by one background sender, settles that queue up behind each other in one script call. A later ``reserve``
+        in this process first waits until every settle released before it reached Redis, so a caller who sends
+        one request after another never finds its previous request still holding a slot. A failed send is logged
+        and counted (``palisade_limiter_unavailable_total{outcome="settle_failed"}``): its tokens stay charged
+        (never refunded twice) and its concurrency slot frees itself when its lease expires."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        if not reservation.scopes:
+            return
+        if self.memory is not None:
+            self._settle_memory(reservation, used_tokens)
+            return
+        self._released.append((reservation, max(0, int(used_tokens))))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._send_released(), name="limits-settle")
+
+    def _settle_memory(self, reservation: Reservation, used_tokens: int) -> None:
+        assert self.memory is not None
+        self.memory.settle(time.time(), reservation.scopes, reservation.token, reservation.tokens,
+                           max(0, int(used_tokens)), reservation.day)
+
+    async def _send_released(self) -> None:
+        """Send every released settle, a batch per call, one sender at a time; failures are logged, never raised."""
+        async with self._sending:
+            while self._released:
+                batch = self._released[:SETTLE_BATCH_MAX]
+                del self._released[:SETTLE_BATCH_MAX]
+                try:
+                    await self._send_settles(batch)
+                except Exception as exc:
+                    LIMITER_ERRORS.labels("settle_failed").inc(len(batch))
+                    _log.warning("limiter settle failed; the reservations stay charged until their leases expire",
+                                 error=type(exc).__name__, reservations=len(batch))
+
+    async def _send_settles(self, batch: list[tuple[Reservation, int]]) -> None:
+        keys: list[str] = []
+        args: list[Any] = []
+        for res, used in batch:
+            args += [res.token, res.tokens, used, res.day, len(res.scopes)]
+            for s in res.scopes:
+                keys.append(s.key)
+                args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
+        await self._settle(keys, args)
+
+    async def close(self) -> None:
+        """Send what is still released (shutdown: no settle is left behind while Redis answers)."""
+        if self.redis is not None and (self._released or self._sending.locked()):
+            try:
+                async with asyncio.timeout(5):
+                    await self._send_released()
+            except TimeoutError:
+                _log.warning("limiter settles not sent before shutdown", reservations=len(self._released))
 
     async def usage(self, principal: Principal, model: str | None = None) -> dict[str, Any]:
         """What the principal has left now (for ``GET /v1/limits``); reads, never charges."""
         scopes = self.config.scopes_for(principal, model or "")
+        if self._released or self._sending.locked():  # read what this process already gave back
+            await self._send_released()
         out = []
         now = time.time()
         for s in scopes:

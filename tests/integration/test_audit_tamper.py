@@ -50,11 +50,12 @@ async def _fill(settings: Settings) -> None:
                 await chain.record(
                     AuditEvent(
                         Tag.INFERENCE,
-                        actor=f"key:{p}",
+                        actor=f"key:{p}-ü",
                         target="tiny",
                         decision="allow",
                         request_id=f"r{p}-{i}",
-                        details={"tokens": i, "token": "pal_x"},
+                        # text that must survive the batch's JSON parameter byte for byte (the hash is over it)
+                        details={"tokens": i, "token": "pal_x", "note": 'é "q" \\ \n\t ☃ 😀 </x>'},
                     )
                 )
 

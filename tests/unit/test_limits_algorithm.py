@@ -142,3 +142,46 @@ async def test_a_success_carries_ratelimit_headers_for_every_windowed_limit(make
     assert 0 < int(states['"principal.daily_tokens"'].split("t=")[1]) <= 86400
     assert "concurrency" not in headers["ratelimit-policy"]  # not a quota over a window
     assert first  # the first reservation's headers were there too
+
+
+async def test_released_settles_reach_the_store_before_the_next_reserve(make) -> None:
+    """``release`` does not wait (the answer leaves first), yet a caller who sends one request after another is
+    never refused by its own previous request: a reserve waits for what was released before it."""
+    lim = make(limit_concurrency=1, limit_tokens_per_min=1000)
+    p = app()
+    for _ in range(5):
+        lim.release(await lim.reserve(p, "m", 900), 10)  # 890 unused tokens and the one slot come back
+    await lim.close()
+
+
+async def test_many_releases_settle_in_batches_with_the_same_result(make) -> None:
+    lim = make(limit_concurrency=300, limit_tokens_per_min=300 * 100, limit_daily_tokens=10**6)
+    p = app()
+    held = [await lim.reserve(p, "m", 100) for _ in range(300)]
+    with pytest.raises(RateLimited) as exc:
+        await lim.reserve(p, "m", 100)
+    assert exc.value.code in ("concurrency", "tokens_per_minute")
+    for i, res in enumerate(held):  # more than one batch, all queued behind each other
+        lim.release(res, 40)
+        if i == 10:
+            lim.release(res, 40)  # twice: no second refund
+    await lim.close()
+    used = (await lim.usage(p, "m"))["scopes"][0]["used"]
+    assert used["concurrent"] == 0
+    assert used["daily_tokens"] == 300 * 40
+    assert abs(used["tokens_in_window"] - 300 * 40) <= 300  # less what the window drained since
+
+
+async def test_a_failed_release_is_counted_not_raised() -> None:
+    from gateway.limits.limiter import LIMITER_ERRORS
+
+    client = aioredis.from_url(REDIS_TEST_URL)
+    lim = RateLimiter(LimitsConfig(settings(limit_concurrency=5)), redis=client)
+    res = await lim.reserve(app(), "m", 1)
+    await client.aclose()
+    lim.redis = lim._settle.redis = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.3)
+    before = LIMITER_ERRORS.labels("settle_failed")._value.get()
+    lim.release(res, 1)
+    await lim.close()
+    assert LIMITER_ERRORS.labels("settle_failed")._value.get() == before + 1
+    await lim.redis.aclose()
