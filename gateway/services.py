@@ -99,6 +99,7 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     db = Database(settings)
     keyring = await open_keyring(settings, db)
     redis: Redis | None = None
+    limiter_redis: Redis | None = None
     if settings.redis_url:
         import redis as redis_py
         import redis.asyncio as aioredis
@@ -106,6 +107,10 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         # lib_version given: redis-py otherwise reads its package metadata for every new pooled connection
         redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2,
                                   lib_version=redis_py.__version__)
+        # the limiter's own client: no socket_timeout (redis-py would wrap every send in asyncio.wait_for, a task
+        # per command on the hot path); the limiter bounds each script call with one timer instead
+        limiter_redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                          lib_version=redis_py.__version__)
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
     audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
 
@@ -148,7 +153,9 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     router = Router(settings)
     limiter = RateLimiter(
         limits_config,
-        redis=redis,
+        redis=limiter_redis,
+        timeout_s=2.0,
+        owns_client=True,
         shedder=LoadShedder(router, settings.shed_low_priority_at),
         lease_s=max(60.0, settings.request_timeout_s + 60),
         watch=usage_watch,

@@ -75,16 +75,19 @@ class _Script:
     """One Lua script called by EVALSHA straight through the client (redis-py's Script object re-checks and
     re-wraps on every call); loaded on first NOSCRIPT. Still one round trip per call."""
 
-    def __init__(self, redis: Any, source: str) -> None:
-        self.redis, self.source = redis, source
+    def __init__(self, redis: Any, source: str, timeout_s: float | None = None) -> None:
+        self.redis, self.source, self.timeout_s = redis, source, timeout_s
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA-1
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.redis.script_load(self.source)
-            return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        # one timer for the whole call (a client made with socket_timeout wraps every send in asyncio.wait_for,
+        # a task per command)
+        async with asyncio.timeout(self.timeout_s):
+            try:
+                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.redis.script_load(self.source)
+                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class RateLimiter:
@@ -96,16 +99,22 @@ class RateLimiter:
         shedder: LoadShedder | None = None,
         lease_s: float = 600.0,
         watch: Any = None,
+        timeout_s: float | None = None,
+        owns_client: bool = False,
     ) -> None:
+        """``timeout_s`` bounds each script call (give a client without socket_timeout); ``owns_client``: ``close``
+        closes ``redis`` too."""
         self.config = config
         self.redis = redis
+        self.owns_client = owns_client
+        self.timeout_s = timeout_s
         self.shedder = shedder
         self.lease_s = lease_s  # a concurrency slot a crashed replica never released expires after this
         self.watch = watch  # usage anomaly detector (gateway/limits/anomaly.py), optional
         self.memory = MemoryBuckets() if redis is None else None
         if redis is not None:
-            self._reserve = _Script(redis, RESERVE_LUA)
-            self._settle = _Script(redis, SETTLE_LUA)
+            self._reserve = _Script(redis, RESERVE_LUA, timeout_s)
+            self._settle = _Script(redis, SETTLE_LUA, timeout_s)
         #: released reservations not sent yet, and the one sender (the settler task or a reserve that goes first)
         self._released: list[tuple[Reservation, int]] = []
         self._sending = asyncio.Lock()
@@ -232,6 +241,8 @@ class RateLimiter:
                     await self._send_released()
             except TimeoutError:
                 _log.warning("limiter settles not sent before shutdown", reservations=len(self._released))
+        if self.owns_client and self.redis is not None:
+            await self.redis.aclose()
 
     async def usage(self, principal: Principal, model: str | None = None) -> dict[str, Any]:
         """What the principal has left now (for ``GET /v1/limits``); reads, never charges."""
@@ -267,7 +278,8 @@ class RateLimiter:
                 pipe.get(s.key + ":tpm")
                 pipe.zcount(s.key + ":conc", now, "+inf")
                 pipe.get(f"{s.key}:day:{day}")
-                raw_tat, conc, raw_daily = await pipe.execute()
+                async with asyncio.timeout(self.timeout_s):
+                    raw_tat, conc, raw_daily = await pipe.execute()
             except Exception as exc:
                 raise ServiceUnavailable(
                     "the rate limiter is unavailable", headers={"Retry-After": "5"}

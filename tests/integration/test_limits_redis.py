@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -275,6 +276,29 @@ def test_redis_stopped_under_traffic_fails_closed_then_limits_hold_after_restart
     statuses = [httpx.post(d.gateways[i % 2].url + "/v1/chat/completions", json=chat(), headers=headers,
                            timeout=30).status_code for i in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_a_frozen_redis_fails_closed_within_the_limiter_timeout(deployment: Deployment) -> None:
+    """Redis alive but not answering (SIGSTOP): the reserve gives up after its 2 s bound and the request gets 503
+    (never a hang, never admitted unlimited); once Redis answers again, so does the gateway."""
+    d = deployment
+    key = create_key(d.env, "frozen")
+    url, headers = d.gateways[0].url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"}
+    assert httpx.post(url, json=chat(), headers=headers, timeout=30).status_code == 200
+    generations = d.upstream.stats.generations
+    assert d.redis.proc is not None
+    d.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        frozen = httpx.post(url, json=chat(), headers=headers, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        d.redis.proc.send_signal(signal.SIGCONT)
+    assert frozen.status_code == 503, frozen.text
+    assert took < 10, took
+    assert d.upstream.stats.generations == generations
+    wait_until(lambda: httpx.post(url, json=chat(), headers=headers, timeout=30).status_code == 200, timeout=20,
+               what="service once Redis answers again")
 
 
 def test_gateway_sigkilled_under_traffic_chain_verifies_and_the_other_replica_serves(deployment: Deployment) -> None:
