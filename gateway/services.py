@@ -108,9 +108,12 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2,
                                   lib_version=redis_py.__version__)
         # the limiter's own client: no socket_timeout (redis-py would wrap every send in asyncio.wait_for, a task
-        # per command on the hot path); the limiter bounds each script call with one timer instead
-        limiter_redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2,
-                                          lib_version=redis_py.__version__)
+        # per command on the hot path); the limiter bounds each script call with one timer instead. A blocking
+        # pool: at a burst, requests wait (within that bound) for a pooled connection instead of failing closed
+        # on "too many connections" while Redis is fine
+        limiter_redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=64, timeout=2, socket_connect_timeout=2,
+            lib_version=redis_py.__version__))
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
     audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
 

@@ -35,6 +35,7 @@ from gateway.inference.upstream import (
     finish_reason,
     status_error,
     transport_error,
+    usage_of,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,29 @@ _DRAIN_MAX_BYTES = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 _POST_HEADERS = {"Content-Type": "application/json"}
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    text: str | None = None
+    finish_reason: Any = None
+
+
+class _Chunk(msgspec.Struct):
+    """The fields of an OpenAI stream chunk the gateway reads (the rest is skipped in C, never built)."""
+
+    choices: list[_Choice]
+    usage: Any = None
+
+
+#: every event of one read decoded in ONE call (joined into a JSON array); anything this shape does not accept
+#: (an error event, a missing or odd field, ``[DONE]``) sends that read through the per-event path instead,
+#: which names what is wrong exactly as before
+_decode_chunks = msgspec.json.Decoder(list[_Chunk]).decode
 
 
 class _SSEDecoder:
@@ -210,7 +234,30 @@ class OpenAIBackend(Backend):
                 # client reads, their texts are joined into one delta (one SSE event downstream), so the gateway
                 # never falls behind a fast upstream one event at a time; a slow upstream still gives one each
                 texts: list[str] = []
-                for data in events:
+                ends = bool(events) and events[-1].strip() == b"[DONE]"  # the usual last read: [DONE] at its end
+                try:
+                    batch = events[:-1] if ends else events
+                    chunks = _decode_chunks(b"[" + b",".join(batch) + b"]") if batch else ()
+                except msgspec.MsgspecError:
+                    chunks = None
+                if chunks is not None:
+                    if ends:
+                        clean = done = True
+                    for ch in chunks:
+                        started = True
+                        if ch.usage is not None and (ev_usage := usage_of(ch.usage)) is not None:
+                            usage = ev_usage
+                        if ch.choices:
+                            choice = ch.choices[0]
+                            if choice.finish_reason is not None:
+                                finish = finish_reason(choice.finish_reason)
+                            text = (choice.delta.content if choice.delta is not None else None) if chat \
+                                else choice.text
+                            if text:
+                                completion += 1
+                                texts.append(text)
+                    events = ()
+                for data in events:  # the per-event path (a read the batch decoder did not take)
                     if data.strip() == b"[DONE]":
                         clean = done = True
                         break

@@ -314,3 +314,85 @@ async def test_a_spec_adapter_id_is_what_the_upstream_is_asked_for(tmp_path) -> 
                 assert srv.stats.adapters == ["acme/lora-b"] * 3, (protocol, srv.stats.adapters)
             finally:
                 await backend.close()
+
+
+_EV = 'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[%s]%s}\n\n'
+_ODD_STREAMS = {
+    "plain": [_EV % ('{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}', ""),
+              *(_EV % ('{"index":0,"delta":{"content":"t' + str(i) + ' "},"logprobs":null,"finish_reason":null}', "")
+                for i in range(5)),
+              _EV % ('{"index":0,"delta":{},"finish_reason":"length"}',
+                     ',"usage":{"prompt_tokens":"7","completion_tokens":5,"total_tokens":12}'),
+              "data: [DONE]\n\n"],
+    "usage apart": [_EV % ('{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}', ""),
+                    _EV % ("", ',"usage":{"prompt_tokens":3,"completion_tokens":1}'), "data: [DONE]\n\n"],
+    "error event": [_EV % ('{"index":0,"delta":{"content":"a"},"finish_reason":null}', ""),
+                    'data: {"error":{"message":"boom","type":"server_error"}}\n\n'],
+    "choices not a list": [_EV % ('{"index":0,"delta":{"content":"a"}}', ""), 'data: {"choices":"x"}\n\n'],
+    "content a number": [_EV % ('{"index":0,"delta":{"content":"a"}}', ""), _EV % ('{"delta":{"content":5}}', "")],
+    "delta a string": [_EV % ('{"delta":"odd","finish_reason":"stop"}', ""), "data: [DONE]\n\n"],
+    "not an object": ["data: 123\n\n"],
+    "no finish": [_EV % ('{"index":0,"delta":{"content":"a"}}', "")],
+    "after done": [_EV % ('{"delta":{"content":"a"},"finish_reason":"stop"}', ""), "data: [DONE]\n\n",
+                   _EV % ('{"delta":{"content":"late"}}', "")],
+    "error with choices": [_EV % ('{"delta":{"content":"a"},"finish_reason":"stop"}', ',"error":"ignored"')],
+    "completion text": ['data: {"choices":[{"text":"x","finish_reason":null}]}\n\n',
+                        'data: {"choices":[{"text":"y","finish_reason":"stop"}]}\n\n'],
+}
+
+
+async def _raw_sse_server(events: list[str], split: bool) -> tuple[asyncio.AbstractServer, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for i, ev in enumerate(events):
+            writer.write(ev.encode())
+            if split and i % 2:
+                await writer.drain()
+                await asyncio.sleep(0.003)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+@pytest.mark.parametrize("name", sorted(_ODD_STREAMS))
+async def test_batch_decoded_stream_events_give_what_the_per_event_path_gives(name: str, monkeypatch) -> None:
+    """A read's events are decoded in one call; whatever that call does not accept goes event by event. Both
+    must give the same deltas, or the same error, for every stream (whole in one read, or split over reads)."""
+    import msgspec
+
+    import gateway.inference.openai_upstream as ou
+
+    async def outcome(split: bool) -> Any:
+        server, url = await _raw_sse_server(_ODD_STREAMS[name], split)
+        backend = make_backend("openai", url)
+        req = prompt_req() if name == "completion text" else chat_req()
+        try:
+            deltas = await collect(backend, req)
+            return [(d.text, d.pieces if d.text else 0, d.finish_reason, d.usage) for d in deltas]
+        except Exception as exc:
+            return (type(exc).__name__, str(exc))
+        finally:
+            await backend.close()
+            server.close()
+            await server.wait_closed()
+
+    def refuse(raw: bytes) -> Any:
+        raise msgspec.ValidationError("the per-event path only")
+
+    for split in (False, True):
+        batched = await outcome(split)
+        with monkeypatch.context() as m:
+            m.setattr(ou, "_decode_chunks", refuse)
+            per_event = await outcome(split)
+        joined = batched if isinstance(batched, tuple) else "".join(t for t, *_ in batched)
+        expected = per_event if isinstance(per_event, tuple) else "".join(t for t, *_ in per_event)
+        assert joined == expected, (name, split, batched, per_event)
+        if not isinstance(batched, tuple):
+            assert batched[-1] == per_event[-1]  # the same finish and usage
+            assert sum(p for _, p, *_ in batched) == sum(p for _, p, *_ in per_event)
