@@ -251,6 +251,9 @@ def verdict(result: dict, warmup_s: float) -> dict:
         # a finished exchange (none left behind in CLOSE_WAIT, no upstream connection kept past its keep-alive)
         "sockets_drained": after["inbound"] <= DRAINED_BOUND and after["upstream"] <= DRAINED_BOUND,
         "new_files": sorted(set(after["files"]) - set(base["files"])),
+        # per kind, minute 1 -> end of load -> after the cool-down: which kind moved
+        "by_kind": {k: [base[k], end_of_load[k], after[k]] for k in FD_CLASSES
+                    if not base[k] == end_of_load[k] == after[k]},
     }
 
 
@@ -308,6 +311,8 @@ def main() -> None:
           f"{v['stable_fd_growth']:+d} from minute 1 to the end (<= +{STABLE_FD_BOUND}); after the client closed "
           f"and {COOLDOWN_S:g} s: inbound {v['inbound_after']}, upstream {v['upstream_after']} "
           f"(<= {DRAINED_BOUND} each); all fds {v['fd_growth']:+d} at the end of load (client pool, for information)")
+    print("  fds that moved, minute 1 -> end of load -> after the cool-down: "
+          + (", ".join(f"{k} {' -> '.join(map(str, x))}" for k, x in v["by_kind"].items()) or "none"))
     if v["new_files"]:
         print(f"  files open at the end and not at minute 1: {v['new_files']}")
     if not v["audit_verified"]:
