@@ -6,11 +6,15 @@ Open-loop load at ``--rate`` req/s (requests start on a fixed schedule) against 
 upstream. Every 10 s it samples the gateway process's RSS and classifies its open file descriptors (from
 /proc/PID/fd and the TCP and unix socket tables): inbound client sockets (local port = the gateway's), outbound
 sockets by peer (the fake upstream, Postgres 5432, Redis 6379, other), listening sockets, unix sockets, files,
-pipes/eventfd/epoll, other. The load generator's pool is unbounded (a latency spike opens more keep-alive
-connections to the gateway), so the inbound count follows it, and the gateway's upstream pool follows the
-requests in flight; at the end of the load the load generator closes its connections and the bench samples again
-once both keep-alive timeouts have run out. The classification is printed each minute, at the end of the load and
-after it; pass criteria, checked at the end and printed as a table plus one JSON line:
+pipes/eventfd/epoll, other. The load generator's pool is unbounded: a latency spike (more requests in flight at
+once) opens more keep-alive connections to the gateway, and since aiohttp reuses pooled connections in turn
+(oldest first) every one of them is used again well within uvicorn's 5 s keep-alive, so the inbound count
+ratchets up to the highest concurrency seen and stays there while the load runs. The gateway's own upstream pool
+(aiohttp too, 4 s keep-alive) does the same. Neither is a leak: at the end of the load the load generator closes
+its connections and the bench samples again once both keep-alive timeouts have run out. Redis connections are
+counted with the steady fds: redis-py's pool keeps every connection it opened (at most 100), so a spike after
+minute 1 that needs more at once than any before shows as growth. The classification is printed each minute, at
+the end of the load and after it; pass criteria, checked at the end and printed as a table plus one JSON line:
 
 - zero errors (every answer 200; every stream ends with ``[DONE]``);
 - RSS flat: at most 5 % growth from the end of the first minute (warm-up) to the end of the load;
@@ -53,9 +57,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-# The gateway's fds by kind. Inbound client sockets follow the load generator's pool (it opens a keep-alive
-# connection per concurrent request; the gateway closes one idle for uvicorn's 5 s), upstream sockets follow the
-# requests in flight (the gateway's pool keeps an idle one 4 s); everything else should stay put under a steady load.
+# The gateway's fds by kind. Inbound client sockets follow the load generator's pool (a keep-alive connection per
+# request in flight at its busiest; the gateway closes one left idle for uvicorn's 5 s), upstream sockets the
+# gateway's pool (an idle one kept 4 s); everything else should stay put under a steady load.
 FD_CLASSES = ("inbound", "upstream", "postgres", "redis", "tcp_other", "listen", "unix", "file", "pipe_anon",
               "other")
 PEER_PORTS = {5432: "postgres", 6379: "redis"}
