@@ -148,6 +148,14 @@ def stable_fds(sample: dict) -> int:
     return sample["fds"] - sample["inbound"] - sample["upstream"]
 
 
+def error_message(body: bytes) -> str:
+    """The gateway's error message (``{"error": {"message": ...}}``), so failures of one status stay apart."""
+    try:
+        return str(json.loads(body)["error"]["message"])[:60]
+    except (ValueError, KeyError, TypeError):
+        return body[:60].decode(errors="replace")
+
+
 COLUMNS = (("in", "inbound"), ("up", "upstream"), ("pg", "postgres"), ("redis", "redis"), ("tcp?", "tcp_other"),
            ("lstn", "listen"), ("unix", "unix"), ("file", "file"), ("pipe", "pipe_anon"), ("oth", "other"))
 
@@ -188,7 +196,7 @@ async def drive(url: str, key: str, rate: float, seconds: float, stream_share: f
             async with session.post(url, json={**BODY, "stream": stream}) as r:
                 body = await r.read()
                 if r.status != 200:
-                    raise RuntimeError(f"status {r.status}")
+                    raise RuntimeError(f"status {r.status}: {error_message(body)}")
                 if stream and b"data: [DONE]" not in body:
                     raise RuntimeError("stream without [DONE]")
             counts["stream_ok" if stream else "ok"] += 1
