@@ -1,15 +1,64 @@
-"""The verify hot path's shortcuts give exactly what the canonical functions give (no database): the walk
-writes ``record_hash``'s canonical JSON out inline, checked here on many values, the awkward ones included.
+"""The verify hot path's shortcuts give exactly what the canonical functions give (no database).
+
+``pg_iso`` turns Postgres's stored timestamptz (microseconds since 2000-01-01 UTC) into the text ``iso`` gives for
+the same instant; the walk writes ``record_hash``'s canonical JSON out inline. Both are checked here on many
+values, the awkward ones included; tests/integration/test_audit_reader.py checks them on a real Postgres.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
 
 from gateway.audit.canonical import GENESIS, iso, record_hash
-from gateway.audit.reader import TrailRows
+from gateway.audit.reader import TrailRows, pg_iso
 from gateway.audit.verify import Report, _walk
+
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _stored(at: datetime) -> int:
+    """What Postgres stores (and sends in binary) for a timestamptz."""
+    return (at - PG_EPOCH) // timedelta(microseconds=1)
+
+
+def _instants(rng: random.Random) -> list[datetime]:
+    fixed = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # just before Postgres's epoch: negative
+        PG_EPOCH,
+        PG_EPOCH + timedelta(microseconds=1),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2024, 2, 29, 12, 0, 0, 0, tzinfo=UTC),  # microsecond 0: still six digits
+        datetime(2026, 3, 29, 1, 30, 0, 5, tzinfo=timezone(timedelta(hours=5, minutes=30))),  # not UTC
+        datetime(2026, 11, 1, 1, 30, 0, 123456, tzinfo=timezone(timedelta(hours=-3, minutes=-30))),
+        datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=UTC),  # a three-digit year: zero-padded
+    ]
+    lo, hi = _stored(datetime(1, 1, 2, tzinfo=UTC)), _stored(datetime(9999, 12, 30, tzinfo=UTC))
+    spread = [PG_EPOCH + timedelta(microseconds=rng.randint(lo, hi)) for _ in range(2000)]
+    offsets = [timezone(timedelta(minutes=rng.randint(-14 * 60, 14 * 60))) for _ in range(2000)]
+    spread = [at.astimezone(tz) for at, tz in zip(spread, offsets, strict=True)]
+    # a busy trail: many records in one second, then the next second (the prefix is cached per second)
+    start = datetime(2026, 12, 7, 1, 32, 44, 999000, tzinfo=UTC)
+    busy = [start + timedelta(microseconds=rng.randint(0, 3_000_000)) for _ in range(3000)]
+    return fixed + spread + sorted(busy)
+
+
+def test_pg_iso_is_iso_for_every_instant() -> None:
+    to_iso = pg_iso()  # one converter for all of them, as in a walk: the per-second cache must not leak
+    for at in _instants(random.Random(14)):
+        assert to_iso(_stored(at)) == iso(at), at
+
+
+@pytest.mark.parametrize("us", [2**63 - 1, -(2**63), _stored(datetime(9999, 12, 31, tzinfo=UTC)) + 86_400 * 10**6])
+def test_pg_iso_refuses_what_no_datetime_holds(us: int) -> None:
+    """±infinity and years past 9999 (Postgres allows them; the writer never writes them)."""
+    with pytest.raises(ValueError, match="out of range"):
+        pg_iso()(us)
+
 
 _AWKWARD = ['"', "\\", "\n\r\t\b\f", "\x00\x01\x1f\x7f", "é ü ß", "\u2028\u2029", "😀", "", " ", "a\"b\\c", "{}"]
 
