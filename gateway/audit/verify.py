@@ -204,7 +204,8 @@ def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepte
     return report
 
 
-_Accepted = dict[str, list[tuple[int, str, str | None, str | None]]]  # request id -> [(seq, at, actor, model)]
+#: request id -> [(seq, at as ISO text, actor, target: the model alias the request named)], oldest first
+_Accepted = dict[str, list[tuple[int, str, str | None, str | None]]]
 
 
 def _walk(  # noqa: C901
