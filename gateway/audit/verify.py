@@ -14,23 +14,27 @@ request's accepted record (``inference:request:accepted``, or ``inference:stream
 older, its completion was never written (the process ended first, or the store refused it after the answer left:
 docs/security-audit-sequencing.md).
 
-Reads stream in seq order; per record it costs one SHA-256 and a few dict look-ups (≥100k records/s).
+Reads stream in seq order, in batches of plain tuples (gateway.audit.reader: the raw driver on Postgres); per record
+it costs one SHA-256 and a few dict look-ups (≥100k records/s).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import create_engine, select
 
-from gateway.audit.canonical import GENESIS, checkpoint_payload, iso, record_hash
+from gateway.audit.canonical import GENESIS, RECORD_V, checkpoint_payload, iso, record_hash
 from gateway.audit.events import ACCEPTED_TAGS, COMPLETION_TAGS
+from gateway.audit.reader import TrailRows, trail_rows
 from gateway.audit.signing import check_signature, key_id_of, load_public_pem
 from gateway.db.audit import AuditCheckpoint, AuditRecord, AuditSigningKey
 
@@ -151,7 +155,7 @@ def verify_trail(
     try:
         report = Report()
         keys = load_keys(engine, report, public_keys, keys_file)
-        accepted: dict[str, list[tuple[int, datetime, str | None, str | None]]] = {}
+        accepted: _Accepted = {}
         _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepted)
         _open_requests(engine, accepted, to_seq, in_flight_s, report)
         return report
@@ -159,7 +163,7 @@ def verify_trail(
         engine.dispose()
 
 
-def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepted) -> Report:  # noqa: ANN001, C901
+def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepted) -> Report:  # noqa: ANN001
     with engine.connect() as conn:
         cps = conn.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq, AuditCheckpoint.id)).all()
     # checkpoints: signatures first; only valid ones vouch for records
@@ -179,80 +183,10 @@ def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepte
     if external is not None:
         vouched.setdefault(external[0], []).append((external[1], "external head"))
 
-    query = select(
-        _R.seq,
-        _R.at,
-        _R.tag,
-        _R.actor,
-        _R.target,
-        _R.model,
-        _R.decision,
-        _R.request_id,
-        _R.details,
-        _R.prev_hash,
-        _R.hash,
-    ).order_by(_R.seq)
-    if from_seq is not None:
-        query = query.where(_R.seq >= from_seq)
-    if to_seq is not None:
-        query = query.where(_R.seq <= to_seq)
-
-    prev_seq: int | None = None
-    prev_stored = ""
-    recent: OrderedDict[str, int] = OrderedDict()  # stored hash -> seq, for the last WINDOW records
-    dangling: dict[str, int] = {}  # a link to a hash not seen yet -> seq of the linking record
-    unknown_links: list[tuple[int, str]] = []
-    vouch_dangling: dict[str, tuple[int, str]] = {}  # signed hash not found at its seq -> (seq, where)
-    with engine.connect() as conn:
-        result = conn.execution_options(yield_per=20_000).execute(query)
-        for seq, at, tag, actor, target, model, decision, rid, details, prev_hash, stored in result:
-            if prev_seq is None:
-                report.first_seq = seq
-                prev_stored = _start_link(conn, seq, anchors, report)
-            elif seq != prev_seq + 1:
-                missing = f"{prev_seq + 1}" if seq == prev_seq + 2 else f"{prev_seq + 1}..{seq - 1}"
-                report.add("deleted", prev_seq + 1, f"record(s) {missing} missing")
-                prev_stored = prev_hash  # the gap is named; do not also report the broken link
-            if record_hash(iso(at), tag, actor, target, model, decision, rid, details, prev_hash) != stored:
-                report.add("changed", seq, "content does not match the record's hash")
-            if prev_hash != prev_stored and prev_stored is not None:
-                if prev_hash in recent:
-                    report.add("reordered", seq, f"links to record {recent[prev_hash]}, not to {seq - 1}")
-                else:
-                    dangling[prev_hash] = seq
-            if stored in dangling:
-                report.add("reordered", seq, f"record {dangling.pop(stored)} links to it out of order")
-            for expected, where in vouched.get(seq, ()):
-                if expected == stored:
-                    continue
-                if expected in recent:
-                    report.add("reordered", seq, f"the {where} signed record {recent[expected]}'s hash here")
-                else:
-                    vouch_dangling[expected] = (seq, where)
-            if stored in vouch_dangling:
-                report.add(
-                    "reordered", seq, f"the {vouch_dangling.pop(stored)[1]} signed this record elsewhere"
-                )
-            if tag in ACCEPTED_TAGS and rid is not None:
-                accepted.setdefault(rid, []).append((seq, at, actor, target))
-            elif tag in COMPLETION_TAGS and rid in accepted:  # pairs with the oldest accepted record of its id
-                waiting = accepted[rid]
-                waiting.pop(0)
-                if not waiting:
-                    del accepted[rid]
-            recent[stored] = seq
-            if len(recent) > WINDOW:
-                recent.popitem(last=False)
-            prev_seq, prev_stored = seq, stored
-            report.records += 1
-            if progress is not None and report.records % 10_000 == 0:
-                progress(10_000)
-        if progress is not None:
-            progress(report.records % 10_000)
+    with trail_rows(engine, from_seq, to_seq) as rows:
+        prev_seq, dangling, vouch_dangling = _walk(rows, vouched, anchors, progress, report, accepted)
     report.last_seq = prev_seq
-    for link, seq in dangling.items():
-        unknown_links.append((seq, link))
-    for seq, _link in sorted(unknown_links):
+    for seq, _link in sorted((seq, link) for link, seq in dangling.items()):
         # contiguous seq but a link to a hash no record has: the predecessor was rewritten and re-hashed
         report.add(
             "changed", seq - 1, f"record {seq} links to a hash no record has (record {seq - 1} rewritten)"
@@ -268,6 +202,98 @@ def _verify(engine, keys, head_file, from_seq, to_seq, progress, report, accepte
                         "truncated", seq, f"the trail ends at {last} but the {where} vouches for {seq}"
                     )
     return report
+
+
+#: request id -> [(seq, at as ISO text, actor, target: the model alias the request named)], oldest first
+_Accepted = dict[str, list[tuple[int, str, str | None, str | None]]]
+
+
+def _walk(  # noqa: C901
+    rows: TrailRows,
+    vouched: dict[int, list[tuple[str, str]]],
+    anchors: dict[int, str],
+    progress: Callable[[int], None] | None,
+    report: Report,
+    accepted: _Accepted,
+) -> tuple[int | None, dict[str, int], dict[str, tuple[int, str]]]:
+    """The chain walk, once per record: the hash, the link, the signed heads at this seq, the pairing.
+
+    The hot loop: the canonical form of :func:`gateway.audit.canonical.record_hash` is written out here rather than
+    called (same JSON: the same C string encoder; ``at`` is ISO text that needs no escaping), and everything
+    looked up only when something is wrong is behind a cheap test. Returns the last seq read, the links to hashes
+    not seen, and the signed hashes not found at their seq."""
+    sha256, esc, to_iso = hashlib.sha256, encode_basestring, rows.iso
+    head = "[" + esc(RECORD_V) + ',"'
+    accepted_tags, completion_tags = ACCEPTED_TAGS, COMPLETION_TAGS
+    prev_seq: int | None = None
+    expect: int | None = None  # prev_seq + 1
+    prev_stored: str | None = ""
+    recent: OrderedDict[str, int] = OrderedDict()  # stored hash -> seq, for the last WINDOW records
+    popitem = recent.popitem
+    dangling: dict[str, int] = {}  # a link to a hash not seen yet -> seq of the linking record
+    vouch_dangling: dict[str, tuple[int, str]] = {}  # signed hash not found at its seq -> (seq, where)
+    for batch in rows.batches:
+        for seq, at, tag, actor, target, model, decision, rid, details, prev_hash, stored in batch:
+            if seq != expect:
+                if prev_seq is None:
+                    report.first_seq = seq
+                    prev_stored = _start_link(rows, seq, anchors, report)
+                else:
+                    missing = f"{prev_seq + 1}" if seq == prev_seq + 2 else f"{prev_seq + 1}..{seq - 1}"
+                    report.add("deleted", prev_seq + 1, f"record(s) {missing} missing")
+                    prev_stored = prev_hash  # the gap is named; do not also report the broken link
+            at = to_iso(at)
+            try:
+                digest = sha256(
+                    f'{head}{at}",{esc(tag)},{"null" if actor is None else esc(actor)},'
+                    f'{"null" if target is None else esc(target)},{"null" if model is None else esc(model)},'
+                    f'{"null" if decision is None else esc(decision)},{"null" if rid is None else esc(rid)},'
+                    f"{esc(details)},{esc(prev_hash)}]".encode()
+                ).hexdigest()
+            except TypeError:  # a value that is not text (a tampered SQLite cell): the general encoder decides
+                digest = record_hash(at, tag, actor, target, model, decision, rid, details, prev_hash)
+            if digest != stored:
+                report.add("changed", seq, "content does not match the record's hash")
+            if prev_hash != prev_stored and prev_stored is not None:
+                if prev_hash in recent:
+                    report.add("reordered", seq, f"links to record {recent[prev_hash]}, not to {seq - 1}")
+                else:
+                    dangling[prev_hash] = seq
+            if dangling and stored in dangling:
+                report.add("reordered", seq, f"record {dangling.pop(stored)} links to it out of order")
+            if seq in vouched:
+                for expected, where in vouched[seq]:
+                    if expected == stored:
+                        continue
+                    if expected in recent:
+                        report.add("reordered", seq, f"the {where} signed record {recent[expected]}'s hash here")
+                    else:
+                        vouch_dangling[expected] = (seq, where)
+            if vouch_dangling and stored in vouch_dangling:
+                report.add(
+                    "reordered", seq, f"the {vouch_dangling.pop(stored)[1]} signed this record elsewhere"
+                )
+            if tag in accepted_tags and rid is not None:
+                waiting = accepted.get(rid)
+                if waiting is None:
+                    accepted[rid] = [(seq, at, actor, target)]
+                else:
+                    waiting.append((seq, at, actor, target))
+            elif tag in completion_tags and rid in accepted:  # pairs with the oldest accepted record of its id
+                waiting = accepted[rid]
+                if len(waiting) == 1:
+                    del accepted[rid]
+                else:
+                    waiting.pop(0)
+            recent[stored] = seq
+            if len(recent) > WINDOW:
+                popitem(last=False)
+            prev_seq, prev_stored = seq, stored
+            expect = seq + 1
+        report.records += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return prev_seq, dangling, vouch_dangling
 
 
 def _open_requests(engine, accepted, to_seq, in_flight_s, report: Report) -> None:  # noqa: ANN001
@@ -286,17 +312,17 @@ def _open_requests(engine, accepted, to_seq, in_flight_s, report: Report) -> Non
                         waiting.pop(0)
     now = datetime.now(UTC)
     for rid, waiting in accepted.items():
-        for seq, at, actor, model in waiting:
-            at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+        for seq, at_iso, actor, model in waiting:
+            at = datetime.fromisoformat(at_iso)  # the canonical text kept by the walk: always UTC
             report.open_requests.append(
                 OpenRequest(rid, seq, at, actor, model, (now - at).total_seconds() <= in_flight_s)
             )
     report.open_requests.sort(key=lambda r: r.seq)
 
 
-def _start_link(conn, seq: int, anchors: dict[int, str], report: Report) -> str | None:  # noqa: ANN001
+def _start_link(rows: TrailRows, seq: int, anchors: dict[int, str], report: Report) -> str | None:
     """The hash the first record read must link to."""
-    before = conn.execute(select(_R.hash).where(_R.seq == seq - 1)).scalar()
+    before = rows.hash_at(seq - 1)
     if before is not None:
         return before  # a range check starting mid-trail trusts its predecessor
     if seq - 1 in anchors:
