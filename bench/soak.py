@@ -11,15 +11,16 @@ once) opens more keep-alive connections to the gateway, and since aiohttp reuses
 (oldest first) every one of them is used again well within uvicorn's 5 s keep-alive, so the inbound count
 ratchets up to the highest concurrency seen and stays there while the load runs. The gateway's own upstream pool
 (aiohttp too, 4 s keep-alive) does the same. Neither is a leak: at the end of the load the load generator closes
-its connections and the bench samples again once both keep-alive timeouts have run out. Redis connections are
-counted with the steady fds: redis-py's pool keeps every connection it opened (at most 100), so a spike after
-minute 1 that needs more at once than any before shows as growth. The classification is printed each minute, at
+its connections and the bench samples again once both keep-alive timeouts have run out. Redis connections are a
+pool too: the limiter's blocking pool keeps every connection it opened, up to its bound, so they are checked
+against that bound rather than counted with the steady fds. The classification is printed each minute, at
 the end of the load and after it; pass criteria, checked at the end and printed as a table plus one JSON line:
 
 - zero errors (every answer 200; every stream ends with ``[DONE]``);
 - RSS flat: at most 5 % growth from the end of the first minute (warm-up) to the end of the load;
-- fds flat: the fds other than inbound client and upstream sockets (Postgres and Redis connections, files, pipes,
+- fds flat: the fds other than inbound client, upstream and Redis sockets (Postgres connections, files, pipes,
   ...) grow by at most 5 from the end of the first minute to the end of the load and to after the cool-down;
+- Redis bounded: never more Redis sockets than the limiter's pool bound plus 8 (the shared client's few);
 - sockets drained: once the load generator closed its connections and the keep-alives ran out, at most 2 inbound
   and at most 2 upstream sockets are left (a server-side socket kept open, e.g. in CLOSE_WAIT, would show here);
 - ``palisade audit verify`` passes over the whole run's records.
@@ -44,6 +45,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.gateway_overhead import production_env, start_upstream
+from gateway.services import LIMITER_REDIS_CONNECTIONS
 from tests.support.server import GatewayProcess, base_env, cli, create_key, free_port
 
 BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "ping with a few words"}], "max_tokens": 8}
@@ -71,6 +73,9 @@ UPSTREAM_KEEPALIVE_S = 4.0  # gateway/inference/openai_upstream.py _KEEPALIVE_S
 COOLDOWN_S = max(UVICORN_KEEPALIVE_S, 2 * UPSTREAM_KEEPALIVE_S) + 4.0
 STABLE_FD_BOUND = 5  # fds other than inbound/upstream sockets: growth allowed from minute 1 (pool jitter, a log)
 DRAINED_BOUND = 2  # inbound / upstream sockets left once the load generator closed and the keep-alives ran out
+# Redis sockets: the limiter's blocking pool (gateway.services.LIMITER_REDIS_CONNECTIONS) grows to the busiest
+# moment and keeps its connections; the shared client holds a few (pub/sub subscriber, change feed, revocations)
+REDIS_BOUND = LIMITER_REDIS_CONNECTIONS + 8
 
 
 def _tcp_sockets(pid: int) -> dict[int, tuple[int, int, str]]:
@@ -144,8 +149,9 @@ def classify_fds(pid: int, listen_port: int, upstream_port: int) -> dict:
 
 
 def stable_fds(sample: dict) -> int:
-    """Fds that should not follow the load: all but inbound client sockets and pooled upstream sockets."""
-    return sample["fds"] - sample["inbound"] - sample["upstream"]
+    """Fds that should not follow the load: all but inbound client sockets and the pooled upstream and Redis
+    sockets (the Redis ones have their own bound, REDIS_BOUND)."""
+    return sample["fds"] - sample["inbound"] - sample["upstream"] - sample["redis"]
 
 
 def error_message(body: bytes) -> str:
@@ -257,6 +263,8 @@ def verdict(result: dict, warmup_s: float) -> dict:
         # fds other than client and upstream sockets (files, pipes, Postgres, Redis, ...) from minute 1 to the
         # end of the load and to after the cool-down
         "stable_fds_flat": stable_growth <= STABLE_FD_BOUND,
+        "redis_max": max(s["redis"] for s in samples),
+        "redis_bounded": max(s["redis"] for s in samples) <= REDIS_BOUND,
         "inbound_after": after["inbound"],
         "upstream_after": after["upstream"],
         # the load generator closed its connections and the keep-alives ran out: the gateway holds no socket of
@@ -316,10 +324,11 @@ def main() -> None:
         print(row(s))
     print(f"requests {result['requests']}  ok {result['ok']}  streams ok {result['stream_ok']}  "
           f"errors {result['errors']}  achieved {result['achieved_rps']}/s")
-    checks = ("zero_errors", "rss_flat", "stable_fds_flat", "sockets_drained", "audit_verified")
+    checks = ("zero_errors", "rss_flat", "stable_fds_flat", "redis_bounded", "sockets_drained", "audit_verified")
     for name in checks:
         print(f"  {name:16} {'PASS' if v[name] else 'FAIL'}")
-    print(f"  rss growth {v['rss_growth_pct']} % (<= 5); fds other than client/upstream sockets "
+    print(f"  rss growth {v['rss_growth_pct']} % (<= 5); Redis sockets at most {v['redis_max']} (<= {REDIS_BOUND}); "
+          f"fds other than client/upstream/Redis sockets "
           f"{v['stable_fd_growth']:+d} from minute 1 to the end (<= +{STABLE_FD_BOUND}); after the client closed "
           f"and {COOLDOWN_S:g} s: inbound {v['inbound_after']}, upstream {v['upstream_after']} "
           f"(<= {DRAINED_BOUND} each); all fds {v['fd_growth']:+d} at the end of load (client pool, for information)")

@@ -92,6 +92,9 @@ class Services:
         await self.db.close()
 
 
+LIMITER_REDIS_CONNECTIONS = 16
+
+
 async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     """Build and start everything. ``serve=False`` (workers, CLI): no health loop, no background model loading
     (``services.models.start_loading()`` or ``load_alias`` when a job needs a model)."""
@@ -109,10 +112,11 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
                                   lib_version=redis_py.__version__)
         # the limiter's own client: no socket_timeout (redis-py would wrap every send in asyncio.wait_for, a task
         # per command on the hot path); the limiter bounds each script call with one timer instead. A blocking
-        # pool: at a burst, requests wait (within that bound) for a pooled connection instead of failing closed
-        # on "too many connections" while Redis is fine
+        # pool of LIMITER_REDIS_CONNECTIONS: at a burst, requests wait (within that bound) for a connection instead
+        # of failing closed on "too many connections" while Redis is fine, and the process's sockets stay bounded
+        # (Redis runs one script at a time: more connections would not answer sooner)
         limiter_redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=2, socket_connect_timeout=2,
+            settings.redis_url, max_connections=LIMITER_REDIS_CONNECTIONS, timeout=2, socket_connect_timeout=2,
             lib_version=redis_py.__version__))
     audit = await AuditChain.open(settings, db, keyring)  # hash-chained, durable, fail-closed
     audit.adopt(start_scheduled_prune(audit))  # None unless retention and its interval are configured
