@@ -140,8 +140,7 @@ class RateLimiter:
         if self.memory is not None:
             res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s, res.left)
         else:
-            if self._released or self._sending.locked():  # what was released before this request goes first
-                await self._send_released()
+            await self._drain()  # what was released before this request goes first
             refusal = await self._reserve_redis(res)
         if self.watch is not None:
             self.watch.note(principal.id, tokens, denied=refusal is not None)
@@ -176,15 +175,9 @@ class RateLimiter:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Return the unused part of the reservation and release its concurrency slot; returns once Redis did."""
-        if reservation.settled:
-            return
-        reservation.settled = True
-        if not reservation.scopes:
-            return
-        if self.memory is not None:
-            self._settle_memory(reservation, used_tokens)
-            return
-        await self._send_settles([(reservation, max(0, int(used_tokens)))])
+        used = self._claim(reservation, used_tokens)
+        if used is not None:
+            await self._send_settles([(reservation, used)])
 
     def release(self, reservation: Reservation, used_tokens: int) -> None:
         """``settle`` without waiting for it (after the answer left): in memory at once; with Redis queued and sent
@@ -193,22 +186,32 @@ class RateLimiter:
         one request after another never finds its previous request still holding a slot. A failed send is logged
         and counted (``palisade_limiter_unavailable_total{outcome="settle_failed"}``): its tokens stay charged
         (never refunded twice) and its concurrency slot frees itself when its lease expires."""
-        if reservation.settled:
+        used = self._claim(reservation, used_tokens)
+        if used is None:
             return
-        reservation.settled = True
-        if not reservation.scopes:
-            return
-        if self.memory is not None:
-            self._settle_memory(reservation, used_tokens)
-            return
-        self._released.append((reservation, max(0, int(used_tokens))))
+        self._released.append((reservation, used))
         if self._settler is None or self._settler.done():
             self._settler = asyncio.get_running_loop().create_task(self._send_released(), name="limits-settle")
 
-    def _settle_memory(self, reservation: Reservation, used_tokens: int) -> None:
-        assert self.memory is not None
-        self.memory.settle(time.time(), reservation.scopes, reservation.token, reservation.tokens,
-                           max(0, int(used_tokens)), reservation.day)
+    def _claim(self, reservation: Reservation, used_tokens: int) -> int | None:
+        """Mark the reservation settled (once); settle it in memory at once, or return the used tokens still to
+        send to Redis (None: nothing to send)."""
+        if reservation.settled:
+            return None
+        reservation.settled = True
+        if not reservation.scopes:
+            return None
+        used = max(0, int(used_tokens))
+        if self.memory is not None:
+            self.memory.settle(time.time(), reservation.scopes, reservation.token, reservation.tokens, used,
+                               reservation.day)
+            return None
+        return used
+
+    async def _drain(self) -> None:
+        """Wait until every settle released so far reached Redis (sent here if nobody is sending it)."""
+        if self._released or self._sending.locked():
+            await self._send_released()
 
     async def _send_released(self) -> None:
         """Send every released settle, a batch per call, one sender at a time; failures are logged, never raised."""
@@ -235,10 +238,10 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Send what is still released (shutdown: no settle is left behind while Redis answers)."""
-        if self.redis is not None and (self._released or self._sending.locked()):
+        if self.redis is not None:
             try:
                 async with asyncio.timeout(5):
-                    await self._send_released()
+                    await self._drain()
             except TimeoutError:
                 _log.warning("limiter settles not sent before shutdown", reservations=len(self._released))
         if self.owns_client and self.redis is not None:
@@ -247,8 +250,7 @@ class RateLimiter:
     async def usage(self, principal: Principal, model: str | None = None) -> dict[str, Any]:
         """What the principal has left now (for ``GET /v1/limits``); reads, never charges."""
         scopes = self.config.scopes_for(principal, model or "")
-        if self._released or self._sending.locked():  # read what this process already gave back
-            await self._send_released()
+        await self._drain()  # read what this process already gave back
         out = []
         now = time.time()
         for s in scopes:
