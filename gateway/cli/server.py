@@ -43,8 +43,9 @@ def serve(host: str | None, port: int | None, workers: int, no_worker: bool) -> 
 
     worker: subprocess.Popen[bytes] | None = None
     if settings.embedded_mode and not no_worker and settings.serve_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu,gpu"],
-                                  env=os.environ.copy())
+        # the worker ends with serve, however serve ends (a SIGKILL or an OOM kill skips the `finally` below)
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--queues", "cpu,gpu",
+                                   "--parent-pid", str(os.getpid())], env=os.environ.copy())
     try:
         uvicorn.run(
             "gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
@@ -77,9 +78,14 @@ def migrate() -> None:
                                            "(PALISADE_BACKUP_INTERVAL_S), the runs reaper (PALISADE_REAP_INTERVAL_S) "
                                            "and continuous evaluation (PALISADE_EVAL_INTERVAL_S). Exactly one worker "
                                            "of a deployment.")
-def worker(queues: str, concurrency: int, beat: bool) -> None:
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Warm-shut down when this process (the `serve` that started the worker) is gone.")
+def worker(queues: str, concurrency: int, beat: bool, parent_pid: int | None) -> None:
     """Run a Celery worker for datasets, training runs and batches."""
     from gateway.jobs import make_worker_app
+
+    if parent_pid is not None:
+        _end_with_parent(parent_pid)
 
     settings = settings_or_exit()
     if settings.is_sqlite:
@@ -92,6 +98,32 @@ def worker(queues: str, concurrency: int, beat: bool) -> None:
     if beat:  # the schedule's state file lives in the data dir (one beat per deployment)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
     app.worker_main(argv)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """SIGTERM (Celery's warm shutdown: the job in hand is requeued, acks_late) once ``parent_pid`` is gone.
+
+    Linux: the kernel sends it when the parent dies, even by SIGKILL (``PR_SET_PDEATHSIG``). Elsewhere a daemon
+    thread notices the re-parenting within a second. Either way, a parent already gone by now ends this at once."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    else:
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @click.command("dev-cert")
