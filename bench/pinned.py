@@ -96,8 +96,15 @@ def loadgen(
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all threads), from /proc: CPU per request does not depend on how
     busy the rest of the machine is, unlike latency."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all threads: system time is the kernel's share (syscalls, and on
+    loopback the receiving side's TCP work done in the sender's context)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def profile_start(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:
