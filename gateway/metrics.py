@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -47,3 +49,17 @@ AUDIT_LATE_FAILED = Counter(
     "completions) that could not be written, by tag: each is an open request in `palisade audit verify`",
     ["tag"], registry=REGISTRY,
 )
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label values (prometheus_client validates and locks on every
+    ``labels()`` call). For request-path metrics whose children are never removed; label values must be bounded
+    (aliases, endpoints, directions), never per-request."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -45,8 +46,19 @@ _SECRET_KEY = re.compile(
 _SECRET_VALUE = re.compile(
     r"pal_[0-9a-f]{12}_[A-Za-z0-9_-]{43}|Bearer\s+\S+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\."
 )
+_PLAIN = frozenset((int, float, bool))
 _RECORDS = AuditRecord.__table__
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """Values under this details key are secrets (the key names are few: looked up once each)."""
+    return bool(_SECRET_KEY.search(key)) and not key.endswith(("_count", "_tokens"))
+
 BATCH_MAX = 2000
+#: a batch of records nobody waits for (completions, after their answer left) waits this long for a record someone
+#: does wait for (the next request's accepted record) and commits with it: under load one commit per request, not two
+LATER_LINGER_S = 0.025
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -194,16 +206,30 @@ class AuditChain:
             if item is None:
                 return
             batch = [item]
-            stop = False
-            while len(batch) < BATCH_MAX and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            stop = self._take_queued(batch)
+            if not stop and all(future in self._later for _, future in batch):
+                try:  # nobody waits for these: the next record someone waits for carries them in its commit
+                    async with asyncio.timeout(LATER_LINGER_S):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    pass  # (an item that arrived meanwhile stays queued for the next batch)
+                else:
+                    stop = item is None or self._take_queued(batch, item)
             await self._write_batch(batch)
             if stop:
                 return
+
+    def _take_queued(self, batch: list[tuple[AuditEvent, asyncio.Future[int]]],
+                     first: tuple[AuditEvent, asyncio.Future[int]] | None = None) -> bool:
+        """Append ``first`` and what is queued now to ``batch`` (up to BATCH_MAX); True when a stop came."""
+        if first is not None:
+            batch.append(first)
+        while len(batch) < BATCH_MAX and not self._queue.empty():
+            nxt = self._queue.get_nowait()
+            if nxt is None:
+                return True
+            batch.append(nxt)
+        return False
 
     async def _write_batch(self, batch: list[tuple[AuditEvent, asyncio.Future[int]]]) -> None:
         try:
@@ -271,16 +297,14 @@ class AuditChain:
         """Secrets never enter the trail: values under secret-looking keys, or that look like credentials,
         become keyed HMACs (still matchable by whoever holds the keyring)."""
         if isinstance(value, dict):
-            return {k: self._scrub(v, str(k)) for k, v in value.items()}
+            # numbers, booleans and None are never secrets: kept without a call each (most of a record's details)
+            return {k: v if v is None or v.__class__ in _PLAIN else self._scrub(v, str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._scrub(v, key) for v in value]
         if (
             isinstance(value, str | bytes)
             and value
-            and (
-                (_SECRET_KEY.search(key) and not key.endswith(("_count", "_tokens")))
-                or (isinstance(value, str) and _SECRET_VALUE.search(value))
-            )
+            and (_secret_key(key) or (isinstance(value, str) and _SECRET_VALUE.search(value)))
         ):
             return "hmac:" + self.keyring.hmac("audit-hmac", value)
         return value

@@ -42,7 +42,7 @@ from gateway.inference.base import (
     StreamDelta,
 )
 from gateway.inference.version_stats import VersionStats
-from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH
+from gateway.metrics import BACKEND_ERRORS, BACKEND_HEALTHY, BACKEND_INFLIGHT, QUEUE_DEPTH, child
 from gateway.observability import tracing
 from gateway.settings import Settings
 
@@ -355,7 +355,7 @@ class Router:
                 if ep is not None:
                     trial = ep.breaker.acquire()
                     ep.inflight += 1
-                    BACKEND_INFLIGHT.labels(alias, ep.name).inc()
+                    child(BACKEND_INFLIGHT, alias, ep.name).inc()
                     return ep, trial
                 if not busy:
                     BACKEND_ERRORS.labels(alias, "-", "unavailable").inc()
@@ -381,7 +381,7 @@ class Router:
         if trial and not verdict:  # the half-open trial ended without a verdict: let another one go
             ep.breaker.abandon()
         ep.inflight -= 1
-        BACKEND_INFLIGHT.labels(ep.alias, ep.name).dec()
+        child(BACKEND_INFLIGHT, ep.alias, ep.name).dec()
         pool = self._pools.get(ep.alias)
         if pool is not None:
             pool.notify()

@@ -36,7 +36,7 @@ from gateway.inference.base import GenerationRequest, GenerationResult, StreamDe
 from gateway.inference.router import Router, RouterStream
 from gateway.limits import Limiter, Reservation
 from gateway.limits.config import PRIORITY_LOW
-from gateway.metrics import TOKENS
+from gateway.metrics import TOKENS, child
 from gateway.observability import tracing
 from gateway.settings import Settings
 
@@ -275,8 +275,8 @@ class InferenceService:
         return blob.hex()  # hex, so no credential-looking pattern can appear and get scrubbed
 
     def _release(self, p: Prepared, usage: Usage) -> None:
-        TOKENS.labels(p.alias, "in").inc(usage.prompt_tokens)
-        TOKENS.labels(p.alias, "out").inc(usage.completion_tokens)
+        child(TOKENS, p.alias, "in").inc(usage.prompt_tokens)
+        child(TOKENS, p.alias, "out").inc(usage.completion_tokens)
         try:
             self.limiter.release(p.reservation, usage.total_tokens)
         except Exception as exc:

@@ -122,6 +122,27 @@ return 1
 """
 
 
+
+def _as_function(name: str, script: str) -> str:
+    """``script`` as a local Lua function whose parameters shadow the globals KEYS and ARGV it reads."""
+    return f"local function {name}(KEYS, ARGV)\n{script}\nend\n"
+
+
+#: the settles released since the last call, then a reserve, in ONE script call (one round trip for both): ARGV
+#: starts with the settles' number of keys and of args, then their SETTLE_LUA args, then the RESERVE_LUA args;
+#: KEYS are the settles' keys, then the reserve's. The settles apply even when the reserve is refused.
+SETTLE_THEN_RESERVE_LUA = (
+    _as_function("settle", SETTLE_LUA) + _as_function("reserve", RESERVE_LUA) + """
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local sk, sa, rk, ra = {}, {}, {}, {}
+for i = 1, #KEYS do if i <= nk then sk[#sk+1] = KEYS[i] else rk[#rk+1] = KEYS[i] end end
+for i = 3, #ARGV do if i <= na + 2 then sa[#sa+1] = ARGV[i] else ra[#ra+1] = ARGV[i] end end
+settle(sk, sa)
+return reserve(rk, ra)
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     scope: Scope

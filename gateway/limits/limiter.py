@@ -23,7 +23,14 @@ from gateway.authn.principal import Principal
 from gateway.errors import Forbidden, RateLimited, ServiceUnavailable
 from gateway.limits import Reservation, Scope
 from gateway.limits.config import LimitsConfig
-from gateway.limits.gcra import RESERVE_LUA, SETTLE_LUA, WINDOW_S, MemoryBuckets, Refusal
+from gateway.limits.gcra import (
+    RESERVE_LUA,
+    SETTLE_LUA,
+    SETTLE_THEN_RESERVE_LUA,
+    WINDOW_S,
+    MemoryBuckets,
+    Refusal,
+)
 from gateway.limits.shedding import LoadShedder
 from gateway.metrics import REGISTRY
 
@@ -36,6 +43,9 @@ LIMITER_ERRORS = Counter(
     "palisade_limiter_unavailable_total", "Limiter store failures by outcome", ["outcome"], registry=REGISTRY
 )
 SETTLE_BATCH_MAX = 256
+#: how long a released settle waits for this process's next reserve to carry it to Redis in the same script call
+#: (under load: one round trip per request instead of two); after that it is sent on its own
+SETTLE_LINGER_S = 0.02
 
 _WINDOWS = {"requests_per_minute": 60, "tokens_per_minute": 60, "daily_tokens": 86400}
 
@@ -69,6 +79,24 @@ def rate_limited(r: Refusal) -> RateLimited:
             }
         },
     )
+
+
+def _settle_args(batch: list[tuple[Reservation, int]]) -> tuple[list[str], list[Any]]:
+    """SETTLE_LUA's keys and args for a batch of (reservation, used tokens)."""
+    keys: list[str] = []
+    args: list[Any] = []
+    for res, used in batch:
+        args += [res.token, res.tokens, used, res.day, len(res.scopes)]
+        for s in res.scopes:
+            keys.append(s.key)
+            args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
+    return keys, args
+
+
+def _settle_failed(exc: BaseException, reservations: int) -> None:
+    LIMITER_ERRORS.labels("settle_failed").inc(reservations)
+    _log.warning("limiter settle failed; the reservations stay charged until their leases expire",
+                 error=type(exc).__name__, reservations=reservations)
 
 
 class _Script:
@@ -115,10 +143,13 @@ class RateLimiter:
         if redis is not None:
             self._reserve = _Script(redis, RESERVE_LUA, timeout_s)
             self._settle = _Script(redis, SETTLE_LUA, timeout_s)
-        #: released reservations not sent yet, and the one sender (the settler task or a reserve that goes first)
+            self._settle_reserve = _Script(redis, SETTLE_THEN_RESERVE_LUA, timeout_s)
+        #: released reservations not sent yet, and the one sender at a time (the settler task, or a reserve that
+        #: carries them); the timer that starts the settler when no reserve came to carry them
         self._released: list[tuple[Reservation, int]] = []
         self._sending = asyncio.Lock()
         self._settler: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     async def reserve(
         self, principal: Principal, model: str, tokens: int, *, priority: int | None = None
@@ -140,7 +171,6 @@ class RateLimiter:
         if self.memory is not None:
             res.day, refusal = self.memory.reserve(time.time(), scopes, rid, tokens, self.lease_s, res.left)
         else:
-            await self._drain()  # what was released before this request goes first
             refusal = await self._reserve_redis(res)
         if self.watch is not None:
             self.watch.note(principal.id, tokens, denied=refusal is not None)
@@ -150,11 +180,15 @@ class RateLimiter:
         return res
 
     async def _reserve_redis(self, res: Reservation) -> Refusal | None:
+        keys = [s.key for s in res.scopes]
         args: list[Any] = [res.token, res.tokens, int(self.lease_s)]
         for s in res.scopes:
             args += [s.requests_per_min, s.tokens_per_min, s.concurrency, s.daily_tokens]
         try:
-            out = await self._reserve([s.key for s in res.scopes], args)
+            if self._released or self._sending.locked():  # what was released before this request goes first
+                out = await self._settle_then_reserve(keys, args)
+            else:
+                out = await self._reserve(keys, args)
         except Exception as exc:
             if self.config.fail_open:
                 LIMITER_ERRORS.labels("fail_open").inc()
@@ -180,17 +214,24 @@ class RateLimiter:
             await self._send_settles([(reservation, used)])
 
     def release(self, reservation: Reservation, used_tokens: int) -> None:
-        """``settle`` without waiting for it (after the answer left): in memory at once; with Redis queued and sent
-        by one background sender, settles that queue up behind each other in one script call. A later ``reserve``
-        in this process first waits until every settle released before it reached Redis, so a caller who sends
-        one request after another never finds its previous request still holding a slot. A failed send is logged
-        and counted (``palisade_limiter_unavailable_total{outcome="settle_failed"}``): its tokens stay charged
-        (never refunded twice) and its concurrency slot frees itself when its lease expires."""
+        """``settle`` without waiting for it (after the answer left): in memory at once; with Redis queued, and
+        carried by this process's next reserve in the same script call (settles first), or after
+        ``SETTLE_LINGER_S`` sent by one background sender, settles that queued up behind each other in one call.
+        Either way a later ``reserve`` in this process reaches Redis only after every settle released before it,
+        so a caller who sends one request after another never finds its previous request still holding a slot;
+        other processes may see a slot held up to ``SETTLE_LINGER_S`` longer (charged more, never less). A failed
+        send is logged and counted (``palisade_limiter_unavailable_total{outcome="settle_failed"}``): its tokens
+        stay charged (never refunded twice) and its concurrency slot frees itself when its lease expires."""
         used = self._claim(reservation, used_tokens)
         if used is None:
             return
         self._released.append((reservation, used))
-        if self._settler is None or self._settler.done():
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(SETTLE_LINGER_S, self._start_settler)
+
+    def _start_settler(self) -> None:
+        self._linger = None
+        if self._released and (self._settler is None or self._settler.done()):
             self._settler = asyncio.get_running_loop().create_task(self._send_released(), name="limits-settle")
 
     def _claim(self, reservation: Reservation, used_tokens: int) -> int | None:
@@ -213,31 +254,45 @@ class RateLimiter:
         if self._released or self._sending.locked():
             await self._send_released()
 
-    async def _send_released(self) -> None:
-        """Send every released settle, a batch per call, one sender at a time; failures are logged, never raised."""
+    async def _send_released(self, *, keep: int = 0) -> None:
+        """Send the released settles (all but the last ``keep`` batch), a batch per call, one sender at a time;
+        failures are logged, never raised."""
         async with self._sending:
-            while self._released:
-                batch = self._released[:SETTLE_BATCH_MAX]
-                del self._released[:SETTLE_BATCH_MAX]
-                try:
-                    await self._send_settles(batch)
-                except Exception as exc:
-                    LIMITER_ERRORS.labels("settle_failed").inc(len(batch))
-                    _log.warning("limiter settle failed; the reservations stay charged until their leases expire",
-                                 error=type(exc).__name__, reservations=len(batch))
+            await self._send_backlog(keep)
+
+    async def _send_backlog(self, keep: int) -> None:
+        while len(self._released) > keep:
+            batch = self._released[:SETTLE_BATCH_MAX]
+            del self._released[:SETTLE_BATCH_MAX]
+            try:
+                await self._send_settles(batch)
+            except Exception as exc:
+                _settle_failed(exc, len(batch))
+
+    async def _settle_then_reserve(self, keys: list[str], args: list[Any]) -> Any:
+        """The reserve, carrying the settles released before it (settled first, in the same script call)."""
+        async with self._sending:
+            await self._send_backlog(SETTLE_BATCH_MAX)  # a backlog longer than one batch goes on its own first
+            batch, self._released = self._released, []
+            if not batch:
+                return await self._reserve(keys, args)
+            settle_keys, settle_args = _settle_args(batch)
+            try:
+                return await self._settle_reserve(
+                    [*settle_keys, *keys], [len(settle_keys), len(settle_args), *settle_args, *args]
+                )
+            except Exception as exc:
+                _settle_failed(exc, len(batch))
+                raise
 
     async def _send_settles(self, batch: list[tuple[Reservation, int]]) -> None:
-        keys: list[str] = []
-        args: list[Any] = []
-        for res, used in batch:
-            args += [res.token, res.tokens, used, res.day, len(res.scopes)]
-            for s in res.scopes:
-                keys.append(s.key)
-                args += [s.tokens_per_min, s.concurrency, s.daily_tokens]
-        await self._settle(keys, args)
+        await self._settle(*_settle_args(batch))
 
     async def close(self) -> None:
         """Send what is still released (shutdown: no settle is left behind while Redis answers)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self.redis is not None:
             try:
                 async with asyncio.timeout(5):
