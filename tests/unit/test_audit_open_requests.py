@@ -84,3 +84,43 @@ def test_a_range_pairs_with_completions_after_it(tmp_path: Path) -> None:
     # a range that starts after an accepted record: its completion alone is not an open request
     report = _verify(settings, from_seq=seqs[f"{Tag.INFERENCE}:done"])
     assert "done" not in {r.request_id for r in report.open_requests}
+
+
+def test_a_completion_rides_in_the_commit_of_the_next_record_someone_waits_for(tmp_path: Path) -> None:
+    """Under load one commit per request, not two: a completion (nobody waits for it) waits up to
+    ``LATER_LINGER_S`` for the next accepted record and commits in its batch; with none coming it goes alone."""
+    from gateway.audit.chain import LATER_LINGER_S
+
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}",
+                        audit_checkpoint_interval_s=3600)
+    upgrade(settings)
+    batches: list[list[str]] = []
+
+    async def run() -> float:
+        db = Database(settings)
+        chain = await AuditChain.open(settings, db, await open_keyring(settings, db))
+        real = chain._append
+
+        async def append(events):  # noqa: ANN001, ANN202
+            batches.append([f"{e.tag.rsplit(':', 1)[1]}:{e.request_id}" for e in events])
+            return await real(events)
+
+        chain._append = append  # type: ignore[method-assign]
+        try:
+            await chain.record(AuditEvent(Tag.INFERENCE_ACCEPTED, actor="key:k", target="mock", request_id="a"))
+            chain.record_later(AuditEvent(Tag.INFERENCE, actor="key:k", target="mock", request_id="a"))
+            await asyncio.sleep(0.001)  # the writer holds the completion, waiting for company
+            await chain.record(AuditEvent(Tag.INFERENCE_ACCEPTED, actor="key:k", target="mock", request_id="b"))
+            chain.record_later(AuditEvent(Tag.INFERENCE, actor="key:k", target="mock", request_id="b"))
+            started = asyncio.get_running_loop().time()
+            await chain.flush()  # nobody comes after b: its completion goes alone once the linger is over
+            return asyncio.get_running_loop().time() - started
+        finally:
+            await chain.close()
+            await db.close()
+
+    waited = asyncio.run(run())
+    assert batches == [["accepted:a"], ["complete:a", "accepted:b"], ["complete:b"]]
+    assert LATER_LINGER_S * 0.8 <= waited < 1.0
+    report = _verify(settings)
+    assert report.ok and not report.open_requests, report.problems
