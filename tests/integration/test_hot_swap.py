@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.support.people import login
-from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.server import GatewayProcess, base_env, cli, create_key, start_all
 from tests.support.tiny_model import make_tiny_model
 
 HEADER = "x-palisade-model-version"
@@ -207,8 +207,7 @@ def test_two_replicas_converge_within_two_seconds(tmp_path: Path, pg_url: str, t
                    PALISADE_EMBEDDED_DEVICE="cpu", PALISADE_LOGIN_SLOWDOWN_AFTER="1000",
                    PALISADE_ISSUER="http://palisade.test")
     cli(env, "migrate")
-    a = GatewayProcess(env, tmp_path / "a.log").start()
-    b = GatewayProcess(env, tmp_path / "b.log").start()
+    a, b = start_all([GatewayProcess(env, tmp_path / "a.log"), GatewayProcess(env, tmp_path / "b.log")])
     try:
         key = create_key(env, "replica-app")
         approver = login(a, env, "approver")
