@@ -12,7 +12,7 @@ import pytest
 from gateway.authz.enforcer import DEFAULT_POLICY_PATH
 from tests.integration.test_limits_redis import PrivateRedis, shared_data_dir
 from tests.support.fake_upstreams import serve_fake
-from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.server import GatewayProcess, base_env, cli, create_key, start_all
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -39,8 +39,7 @@ def replicas(
         cli(env, "migrate")
         gws = [GatewayProcess(env, tmp / f"gw{i}.log") for i in range(2)]
         try:
-            for gw in gws:
-                gw.start()
+            start_all(gws)
             yield gws, env, redis
         finally:
             for gw in gws:

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.support.people import login
-from tests.support.server import GatewayProcess, base_env, cli, create_key
+from tests.support.server import GatewayProcess, base_env, cli, create_key, start_all
 from tests.support.tiny_model import make_tiny_model
 
 HEADER = "x-palisade-model-version"
@@ -104,6 +104,14 @@ class Load:
             except Exception as exc:  # noqa: BLE001 - every failure counts
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
+    def more(self, n: int = 4, timeout: float = 30.0) -> None:
+        """Until ``n`` more requests have finished (answered or failed): traffic went on across this point."""
+        want = len(self.results) + len(self.errors) + n
+        deadline = time.monotonic() + timeout
+        while len(self.results) + len(self.errors) < want:
+            assert time.monotonic() < deadline, f"load stalled: {len(self.results)} answers, {self.errors[:3]}"
+            time.sleep(0.02)
+
     def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
@@ -124,17 +132,17 @@ def test_promote_and_rollback_under_load_zero_failures_one_version_each(embedded
     assert serving(gw, key) == first
     with Load(gw, key) as load:
         for _ in range(3):
-            time.sleep(0.5)
+            load.more()  # requests finish on each version, between every flip
             r = httpx.post(f"{gw.url}/admin/aliases/chat/promote", json={"version": new}, headers=approver, timeout=30)
             assert r.status_code == 200, r.text
             assert r.json()["version"] == new
             wait_serving(gw, key, new)
-            time.sleep(0.5)
+            load.more()
             r = httpx.post(f"{gw.url}/admin/aliases/chat/rollback", headers=approver, timeout=30)
             assert r.status_code == 200, r.text
             assert r.json()["version"] == first
             wait_serving(gw, key, first)
-        time.sleep(0.5)
+        load.more()
     assert not load.errors, load.errors[:5]
     seen = Counter(v for _, v in load.results)
     assert set(seen) <= {first, new}, seen  # each response names exactly one version, one the alias served
@@ -207,8 +215,7 @@ def test_two_replicas_converge_within_two_seconds(tmp_path: Path, pg_url: str, t
                    PALISADE_EMBEDDED_DEVICE="cpu", PALISADE_LOGIN_SLOWDOWN_AFTER="1000",
                    PALISADE_ISSUER="http://palisade.test")
     cli(env, "migrate")
-    a = GatewayProcess(env, tmp_path / "a.log").start()
-    b = GatewayProcess(env, tmp_path / "b.log").start()
+    a, b = start_all([GatewayProcess(env, tmp_path / "a.log"), GatewayProcess(env, tmp_path / "b.log")])
     try:
         key = create_key(env, "replica-app")
         approver = login(a, env, "approver")

@@ -24,7 +24,7 @@ import pytest
 
 from gateway.authn import totp
 from tests.support.fake_upstreams import fake_upstream
-from tests.support.server import ROOT, GatewayProcess, base_env, cli, create_key
+from tests.support.server import ROOT, GatewayProcess, base_env, cli, create_key, start_all
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -49,8 +49,7 @@ def replicas(tmp_path_factory, pg_url, redis_url):
             PALISADE_LOGIN_SLOWDOWN_AFTER="1000",
         )
         cli(env, "migrate")
-        a = GatewayProcess(env, data / "a.log").start()
-        b = GatewayProcess(env, data / "b.log").start()
+        a, b = start_all([GatewayProcess(env, data / "a.log"), GatewayProcess(env, data / "b.log")])
         try:
             yield a, b, env
         finally:

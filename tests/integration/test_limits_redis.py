@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.support.fake_upstreams import FakeServer, serve_fake
-from tests.support.server import GatewayProcess, base_env, cli, create_key, free_port
+from tests.support.server import GatewayProcess, base_env, cli, create_key, free_port, start_all
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -95,8 +95,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterato
         cli(env, "migrate")
         gateways = [GatewayProcess(env, tmp / f"gw{i}.log") for i in range(2)]
         try:
-            for gw in gateways:
-                gw.start()
+            start_all(gateways)
             yield Deployment(gateways, env, redis, upstream)
         finally:
             upstream.release()

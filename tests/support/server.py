@@ -59,11 +59,20 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0, ready: bool = True) -> GatewayProcess:
+        return self.launch().wait(timeout, ready)
+
+    def launch(self) -> GatewayProcess:
+        """Start the process without waiting for it (``wait`` then waits): several replicas start side by side."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait(self, timeout: float = 120.0, ready: bool = True) -> GatewayProcess:
+        """Until /readyz (``ready``; else /healthz) answers 200; stopped and an error if it exits or times out."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         path = "/readyz" if ready else "/healthz"
         while time.monotonic() < deadline:
@@ -74,7 +83,7 @@ class GatewayProcess:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log()[-4000:]}")
 
@@ -94,6 +103,29 @@ class GatewayProcess:
                 self.proc.wait()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def start_all(gateways: list[GatewayProcess], timeout: float = 120.0) -> list[GatewayProcess]:
+    """Launch every gateway, then wait for each to be ready: replicas start side by side, not one after another."""
+    try:
+        first, *rest = gateways
+        first.launch()
+        if rest and not first.env.get("PALISADE_MASTER_KEY"):
+            # the first start writes the data dir's master.key; a replica reading it in between the O_EXCL create
+            # and the write finds it empty and exits, so the others start once it is there
+            key = Path(first.env["PALISADE_DATA_DIR"]) / "master.key"
+            deadline = time.monotonic() + timeout
+            while not (key.exists() and key.read_text().strip()) and first.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for gw in rest:
+            gw.launch()
+        for gw in gateways:
+            gw.wait(timeout)
+    except BaseException:
+        for gw in gateways:
+            gw.stop()
+        raise
+    return gateways
 
 
 def principal_ids(env: dict[str, str], *keys: str) -> list[str]:
