@@ -66,11 +66,12 @@ def stack(tmp_path_factory, tiny_model_dir):
         stranger = create_key(env, "stranger")
         worker = Worker(env, data / "worker.log").start()  # boots while the gateway does
         gateway = GatewayProcess(env, data / "serve.log").start()
+        state = {"gw": gateway, "env": env, "owner": owner, "stranger": stranger, "fake": fake, "worker": worker,
+                 "data": data}
         try:
-            yield {"gw": gateway, "env": env, "owner": owner, "stranger": stranger, "fake": fake, "worker": worker,
-                   "data": data}
+            yield state
         finally:
-            worker.stop()
+            state["worker"].stop()  # the one running now: a test may have killed the first and started another
             gateway.stop()
 
 
