@@ -10,9 +10,11 @@ ever holding it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -74,14 +76,7 @@ class LocalKek:
         path = data_dir / "master.key"
         if not path.exists():
             data_dir.mkdir(parents=True, exist_ok=True)
-            # O_EXCL: two processes starting at once cannot both create (and disagree on) the master key
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            _create_whole(path, (base64.b64encode(secrets.token_bytes(32)).decode() + "\n").encode())
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         if not lines:
             raise KeyringError(f"{path} is empty")
@@ -119,3 +114,19 @@ class LocalKek:
         self._keys[_fingerprint(new)] = new
         self._current = new
         return self.current_id
+
+
+def _create_whole(path: Path, content: bytes) -> None:
+    """Create ``path`` (0600) holding ``content``, unless it exists. Written and synced under a private name, then
+    hard-linked into place: two processes starting at once on a fresh data dir cannot both create it (and disagree
+    on the master key), and neither can ever read it half written (the loser of the race reads the winner's)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)

@@ -111,3 +111,29 @@ async def test_master_key_file_is_private_and_env_key_wins(env, monkeypatch: pyt
     monkeypatch.setenv("PALISADE_MASTER_KEY", "bm90LTMyLWJ5dGVz")
     with pytest.raises(KeyringError, match="32 bytes"):
         await open_keyring(settings, db)
+
+
+def _kek_id_after(barrier, data_dir: str) -> str:  # noqa: ANN001 (a multiprocessing barrier)
+    from gateway.crypto.kek import LocalKek
+
+    barrier.wait()
+    return LocalKek.from_env_or_file(Path(data_dir)).current_id
+
+
+def test_processes_starting_at_once_on_a_fresh_data_dir_agree_on_one_master_key(tmp_path: Path, monkeypatch) -> None:
+    """Replicas (or the CLI beside serve) started together: one creates master.key, whole; the others read it
+    (none finds it empty or half written, none makes a second key)."""
+    import multiprocessing
+
+    from gateway.crypto.kek import MASTER_KEY_ENV
+
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Manager() as manager, ctx.Pool(6) as pool:
+        for attempt in range(10):
+            data_dir = tmp_path / f"d{attempt}"
+            barrier = manager.Barrier(6)
+            ids = pool.starmap(_kek_id_after, [(barrier, str(data_dir))] * 6)
+            assert len(set(ids)) == 1, ids
+            assert [p.name for p in data_dir.iterdir()] == ["master.key"]  # no temporary file left behind
+            assert stat.S_IMODE(os.stat(data_dir / "master.key").st_mode) == 0o600
