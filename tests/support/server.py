@@ -108,16 +108,7 @@ class GatewayProcess:
 def start_all(gateways: list[GatewayProcess], timeout: float = 120.0) -> list[GatewayProcess]:
     """Launch every gateway, then wait for each to be ready: replicas start side by side, not one after another."""
     try:
-        first, *rest = gateways
-        first.launch()
-        if rest and not first.env.get("PALISADE_MASTER_KEY"):
-            # the first start writes the data dir's master.key; a replica reading it in between the O_EXCL create
-            # and the write finds it empty and exits, so the others start once it is there
-            key = Path(first.env["PALISADE_DATA_DIR"]) / "master.key"
-            deadline = time.monotonic() + timeout
-            while not (key.exists() and key.read_text().strip()) and first.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        for gw in rest:
+        for gw in gateways:  # at once, also on a fresh data dir (one of them creates its master.key)
             gw.launch()
         for gw in gateways:
             gw.wait(timeout)
