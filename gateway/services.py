@@ -24,6 +24,7 @@ from gateway.audit.retention import start_scheduled_prune
 from gateway.authn.apikeys import ApiKeyService
 from gateway.authn.authenticator import Authenticator
 from gateway.authn.identity import Identity
+from gateway.authn.passwords import dummy_hash
 from gateway.authn.revocation import CredentialCache
 from gateway.authz.attributes import Networks
 from gateway.authz.enforcer import CasbinAuthorizer
@@ -181,6 +182,7 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
     await change_feed.start()  # the first refresh loads the policy and the limits before anything is decided
     await usage_watch.start()
     if serve:
+        dummy_hash()  # a login for an unknown account costs one argon2 verification from the first attempt on
         await router.start()
         models.start_loading()
     return Services(

@@ -18,8 +18,14 @@ MIN_LENGTH = 8
 MAX_LENGTH = 1024  # generous (no cap below 64), bounded so hashing cannot be used for denial of service
 
 _hasher = PasswordHasher()  # argon2id with the library's RFC 9106 low-memory profile
-#: verified against when the account does not exist, so both paths cost one argon2 verification
-_DUMMY_HASH = _hasher.hash("palisade-no-such-account")
+
+
+@lru_cache(maxsize=1)
+def dummy_hash() -> str:
+    """Verified against when the account does not exist, so both paths cost one argon2 verification. Made once per
+    process (the gateway makes it at start-up, so even its first login attempt costs the same either way), not at
+    import: every CLI call would pay ~0.1 s for it."""
+    return _hasher.hash("palisade-no-such-account")
 
 
 class WeakPassword(ValueError):
@@ -52,7 +58,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     if len(password) > MAX_LENGTH:
         return False
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or dummy_hash(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
