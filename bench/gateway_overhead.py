@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--loadgen", type=Path, default=None, help="built shared/loadbench copy: Go load + Go mock")
     ap.add_argument("--gateway-cpu", default="1", help="with --loadgen: cores for the gateway (taskset)")
     ap.add_argument("--loadgen-cpu", default="0", help="with --loadgen: cores for load generator and mock")
+    ap.add_argument("--services-cpu", default=None,
+                    help="pin the local Postgres and Redis servers to these cores for the run (restored after), as "
+                         "if on other hosts; unpinned, they run on the gateway's core when it wakes them")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy the gateway during each gateway run")
     ap.add_argument("--upstream-delay-ms", type=float, default=0.0,
                     help="with --loadgen: the Go mock holds each request this long (a model's time; the audit commit "
@@ -148,9 +151,13 @@ def main() -> None:
     gw = GatewayProcess(env, tmp / "serve.log").start()
     results: dict = {"mode": args.mode, "rates": rates, "seconds": args.seconds,
                      "driver": "go loadgen (pinned)" if args.loadgen else "aiohttp (same process as nothing else)"}
+    restore_services = None
     if args.loadgen:
         pinned.pin(gw.proc.pid, args.gateway_cpu)  # type: ignore[union-attr]
-        results["pinning"] = {"gateway": args.gateway_cpu, "loadgen+mock": args.loadgen_cpu}
+        results["pinning"] = {"gateway": args.gateway_cpu, "loadgen+mock": args.loadgen_cpu,
+                              "postgres+redis": args.services_cpu or "not pinned"}
+        if args.services_cpu:
+            restore_services = pinned.pin_services(args.services_cpu)
     auth = f"Bearer {key}"
 
     def run(url: str, authorization: str | None, rate: float, seconds: float) -> dict:
@@ -214,6 +221,8 @@ def main() -> None:
             results["sustained_rps"] = sustained
             print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")
     finally:
+        if restore_services is not None:
+            restore_services()
         gw.stop()
         upstream.terminate()
         if dbname:
