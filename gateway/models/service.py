@@ -561,6 +561,11 @@ def system_context(actor: str) -> Any:
 def serving_spec(alias: str, v: ModelVersion, base: ModelVersion | None, m: RegisteredModel | None) -> ModelSpec:
     """How a version is served under ``alias``: the endpoint's own spec, or the embedded backend on its artifact."""
     body: dict[str, Any] = {**v.spec, "alias": alias}
+    if body.get("backend") in ("tgi", "openai") and body.pop("adapter", None) is not None:
+        # registered before such specs were refused: the upstream never saw it, so it is still not applied
+        # (the stored spec, and the digest an approval is bound to, stay as they were)
+        _log.warning("version spec names an embedded 'adapter' on an upstream backend; ignored as before",
+                     version=v.id, backend=body["backend"])
     if m is not None:
         body["classification"], body["owner"] = m.classification, m.owner
     if v.kind == "transformers":

@@ -92,6 +92,9 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, 
             for u in self.endpoint_urls():
                 if not u.startswith(("http://", "https://")):
                     raise ValueError(f"url {u!r} must start with http:// or https://")
+        if self.adapter is not None and self.backend != "embedded":
+            raise ValueError(f"'adapter' is a peft folder the embedded backend applies; a {self.backend} upstream's "
+                             "LoRA adapter is named with 'adapter_id'")
         if self.adapter_id is not None:
             if self.backend == "embedded":
                 raise ValueError("'adapter_id' names an upstream's adapter (tgi, openai); the embedded backend "

@@ -72,3 +72,23 @@ def test_adapter_id_is_validated(extra: dict, needle: str) -> None:
 def test_adapter_id_is_for_upstreams_only() -> None:
     with pytest.raises(ModelsFileError, match="the embedded backend applies a peft folder"):
         parse_spec({"alias": "x", "backend": "embedded", "model": "/m", "adapter_id": "lora"})
+
+
+@pytest.mark.parametrize("backend", ["tgi", "openai"])
+def test_an_embedded_adapter_folder_on_an_upstream_is_refused_not_ignored(backend: str) -> None:
+    with pytest.raises(ModelsFileError, match=f"a {backend} upstream's LoRA adapter is named with 'adapter_id'"):
+        parse_spec({"alias": "x", "backend": backend, "url": "http://a", "adapter": "/adapters/lora"}, "models[0]")
+
+
+def test_a_version_stored_before_the_refusal_still_serves_without_the_adapter() -> None:
+    """Registered while `adapter` on an upstream was silently ignored: it still serves (and is still ignored), its
+    stored spec and digest untouched."""
+    from types import SimpleNamespace
+
+    from gateway.models.service import serving_spec
+
+    stored = {"backend": "tgi", "url": "http://tgi:80", "adapter": "/adapters/lora"}
+    v = SimpleNamespace(id="v1", kind="endpoint", spec=stored, artifact=None)
+    spec = serving_spec("support", v, None, None)  # type: ignore[arg-type]
+    assert spec.backend == "tgi" and spec.adapter is None and spec.endpoint_urls() == ["http://tgi:80"]
+    assert stored["adapter"] == "/adapters/lora"
