@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--loadgen", type=Path, default=None, help="built shared/loadbench copy: Go load + Go mock")
     ap.add_argument("--gateway-cpu", default="1", help="with --loadgen: cores for the gateway (taskset)")
     ap.add_argument("--loadgen-cpu", default="0", help="with --loadgen: cores for load generator and mock")
+    ap.add_argument("--litellm", type=Path, default=None,
+                    help="with --loadgen: a venv with litellm[proxy]==1.108.7; its proxy (one worker, shared/"
+                         "loadbench's config, pinned like the gateway) runs at the same rates in the same run")
     ap.add_argument("--services-cpu", default=None,
                     help="pin the local Postgres and Redis servers to these cores for the run (restored after), as "
                          "if on other hosts; unpinned, they run on the gateway's core when it wakes them")
@@ -158,6 +161,9 @@ def main() -> None:
                               "postgres+redis": args.services_cpu or "not pinned"}
         if args.services_cpu:
             restore_services = pinned.pin_services(args.services_cpu)
+    litellm = None
+    if args.litellm and args.loadgen:
+        litellm = pinned.start_litellm(args.loadgen, args.litellm, up_port, args.gateway_cpu)
     auth = f"Bearer {key}"
 
     def run(url: str, authorization: str | None, rate: float, seconds: float) -> dict:
@@ -183,6 +189,8 @@ def main() -> None:
             split1 = cpu_split(gw.proc.pid)  # type: ignore[union-attr]
             cpu_ms = (sum(split1) - cpu0) * 1000 / served if served else float("nan")
             sys_ms = (split1[1] - split0[1]) * 1000 / served if served else float("nan")
+            if litellm is not None:  # the same rate through LiteLLM, right after (the gateway idle meanwhile)
+                lite = run(litellm + "/chat/completions", pinned.LITELLM_AUTH, rate, args.seconds)
             entry = {"rate": rate, "direct": direct, "gateway": via, "gateway_cpu_ms_per_request": round(cpu_ms, 3),
                      "gateway_system_cpu_ms_per_request": round(sys_ms, 3),
                      "added_ms": {q: round(via[q] - direct[q], 3) for q in ("p50", "p95", "p99")}}
@@ -200,6 +208,15 @@ def main() -> None:
             print(f"{'added':10}{a['p50']:10.2f}{a['p95']:10.2f}{a['p99']:10.2f}   (target p50 <= 1 ms, p99 <= 5 ms)")
             print(f"gateway CPU per request: {cpu_ms:.2f} ms (process CPU / requests served), of which "
                   f"{sys_ms:.2f} ms in the kernel")
+            if litellm is not None:
+                entry["litellm"] = lite
+                entry["litellm_added_ms"] = {q: round(lite[q] - direct[q], 3) for q in ("p50", "p95", "p99")}
+                ratio = entry["litellm_added_ms"]["p50"] / a["p50"] if a["p50"] > 0 else float("nan")
+                entry["litellm_ratio_p50"] = round(ratio, 2)
+                print(f"{'litellm':10}{lite['p50']:10.2f}{lite['p95']:10.2f}{lite['p99']:10.2f}{lite['errors']:8d}"
+                      f"{lite['achieved_rps']:9.1f}")
+                print(f"LiteLLM added p50 {entry['litellm_added_ms']['p50']:.2f} ms: Palisade adds {ratio:.1f}x less "
+                      f"(target >= 10x)")
             if entry.get("cpu_by_component_pct"):
                 print("gateway CPU by component (%):", entry["cpu_by_component_pct"])
 
@@ -221,6 +238,8 @@ def main() -> None:
             results["sustained_rps"] = sustained
             print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")
     finally:
+        if litellm is not None:
+            pinned.stop_litellm(args.loadgen)
         if restore_services is not None:
             restore_services()
         gw.stop()

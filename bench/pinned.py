@@ -84,6 +84,23 @@ def pin_services(cpus: str) -> Callable[[], None]:
     return restore
 
 
+LITELLM_AUTH = "Bearer sk-bench-master-key-0001"  # shared/loadbench/litellm's master key (a local benchmark's)
+LITELLM_PORT = 4000
+
+
+def start_litellm(loadbench: Path, venv: Path, mock_port: int, cpu: str) -> str:
+    """LiteLLM's proxy (shared/loadbench/litellm: one worker, its production settings) in front of the mock on
+    ``mock_port``, pinned to ``cpu``; returns its OpenAI base URL."""
+    env = {**os.environ, "LITELLM_VENV": str(venv), "LITELLM_PORT": str(LITELLM_PORT), "LITELLM_CPU": cpu,
+           "MOCK_PORT": str(mock_port)}
+    subprocess.run(["bash", str(loadbench / "litellm" / "start_litellm.sh")], env=env, check=True)
+    return f"http://127.0.0.1:{LITELLM_PORT}/v1"
+
+
+def stop_litellm(loadbench: Path) -> None:
+    subprocess.run(["bash", str(loadbench / "litellm" / "stop_litellm.sh")], check=False, capture_output=True)
+
+
 def start_mock(loadbench: Path, port: int, cpu: str, delay_ms: float = 0.0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         ["taskset", "-c", cpu, str(loadbench / "bin" / "mockupstream"), "-addr", f"127.0.0.1:{port}",
