@@ -297,8 +297,19 @@ class AuditChain:
         """Secrets never enter the trail: values under secret-looking keys, or that look like credentials,
         become keyed HMACs (still matchable by whoever holds the keyring)."""
         if isinstance(value, dict):
-            # numbers, booleans and None are never secrets: kept without a call each (most of a record's details)
-            return {k: v if v is None or v.__class__ in _PLAIN else self._scrub(v, str(k)) for k, v in value.items()}
+            # one call per dict, not per value: numbers, booleans and None are never secrets, and a plain string
+            # (most of a record's details) is checked here
+            out = {}
+            for k, v in value.items():
+                cls = v.__class__
+                if v is None or cls in _PLAIN:
+                    out[k] = v
+                elif cls is str:
+                    secret = v and (_secret_key(str(k)) or _SECRET_VALUE.search(v))
+                    out[k] = "hmac:" + self.keyring.hmac("audit-hmac", v) if secret else v
+                else:
+                    out[k] = self._scrub(v, str(k))
+            return out
         if isinstance(value, list | tuple):
             return [self._scrub(v, key) for v in value]
         if (
