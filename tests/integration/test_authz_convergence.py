@@ -31,7 +31,7 @@ def replicas(
             f"    upstream_model: fake-model\n"
         )
         env = base_env(
-            shared_data_dir(pg_url),
+            shared_data_dir(tmp_path_factory, pg_url),
             PALISADE_DATABASE_URL=pg_url,
             PALISADE_REDIS_URL=redis.url,
             PALISADE_MODELS_FILE=str(models),

@@ -60,12 +60,11 @@ class PrivateRedis:
             self.proc = None
 
 
-def shared_data_dir(pg_url: str) -> Path:
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Path:
     """One data dir per test database: its local key-encryption key must match the keyring rows in Postgres,
-    so every module that runs gateways on this database uses the same one."""
-    import tempfile
-
-    path = Path(tempfile.gettempdir()) / f"palisade-{pg_url.rsplit('/', 1)[1]}"
+    so every module that runs gateways on this database uses the same one (under pytest's session temp dir,
+    which pytest prunes, not left in /tmp)."""
+    path = tmp_path_factory.getbasetemp() / f"palisade-{pg_url.rsplit('/', 1)[1]}"
     path.mkdir(exist_ok=True)
     return path
 
@@ -86,7 +85,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterato
             f"    upstream_model: fake-model\n    max_concurrency: 256\n"
         )
         env = base_env(
-            shared_data_dir(pg_url),
+            shared_data_dir(tmp_path_factory, pg_url),
             PALISADE_DATABASE_URL=pg_url,
             PALISADE_REDIS_URL=redis.url,
             PALISADE_MODELS_FILE=str(models),

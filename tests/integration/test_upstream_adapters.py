@@ -35,7 +35,8 @@ def models_file(path: Path, tgi: FakeServer, oai: FakeServer, adapter: str) -> P
 def setup(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[tuple]:
     tmp = tmp_path_factory.mktemp("adapters")
     with serve_fake("ok", "tgi") as tgi, serve_fake("ok", "openai") as oai:
-        env = base_env(shared_data_dir(pg_url), PALISADE_DATABASE_URL=pg_url, PALISADE_REDIS_URL=REDIS,
+        env = base_env(shared_data_dir(tmp_path_factory, pg_url), PALISADE_DATABASE_URL=pg_url,
+                       PALISADE_REDIS_URL=REDIS,
                        PALISADE_MODELS_FILE=str(models_file(tmp / "a.yaml", tgi, oai, "acme/lora-a")))
         cli(env, "migrate")
         gw = GatewayProcess(env, tmp / "gw-a.log").start()
