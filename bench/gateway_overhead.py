@@ -121,6 +121,9 @@ def main() -> None:
     ap.add_argument("--litellm", type=Path, default=None,
                     help="with --loadgen: a venv with litellm[proxy]==1.108.7; its proxy (one worker, shared/"
                          "loadbench's config, pinned like the gateway) runs at the same rates in the same run")
+    ap.add_argument("--log-level", default="warning",
+                    help="the gateway's PALISADE_LOG_LEVEL (info: one access-log line per request, the default of a "
+                         "deployment)")
     ap.add_argument("--services-cpu", default=None,
                     help="pin the local Postgres and Redis servers to these cores for the run (restored after), as "
                          "if on other hosts; unpinned, they run on the gateway's core when it wakes them")
@@ -148,6 +151,7 @@ def main() -> None:
     limits = {"PALISADE_LIMIT_REQUESTS_PER_MIN": "100000000", "PALISADE_LIMIT_TOKENS_PER_MIN": "1000000000000",
               "PALISADE_LIMIT_CONCURRENCY": "100000", "PALISADE_LIMIT_DAILY_TOKENS": "1000000000000"}
     env = base_env(tmp, PALISADE_MODELS_FILE=str(models), PALISADE_HEALTH_INTERVAL_S="30", **limits, **extra)
+    env["PALISADE_LOG_LEVEL"] = args.log_level
     if args.mode == "production":
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True, capture_output=True)
     key = create_key(env, "bench", "mock-gpt")

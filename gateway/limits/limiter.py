@@ -254,13 +254,13 @@ class RateLimiter:
         if self._released or self._sending.locked():
             await self._send_released()
 
-    async def _send_released(self, *, keep: int = 0) -> None:
-        """Send the released settles (all but the last ``keep`` batch), a batch per call, one sender at a time;
-        failures are logged, never raised."""
+    async def _send_released(self) -> None:
+        """Send the released settles, a batch per call, one sender at a time; failures are logged, never raised."""
         async with self._sending:
-            await self._send_backlog(keep)
+            await self._send_backlog(0)
 
     async def _send_backlog(self, keep: int) -> None:
+        """Send released settles a batch per call until at most ``keep`` are left (the sender holds the lock)."""
         while len(self._released) > keep:
             batch = self._released[:SETTLE_BATCH_MAX]
             del self._released[:SETTLE_BATCH_MAX]
