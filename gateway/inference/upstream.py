@@ -87,6 +87,9 @@ class PooledSession:
                 connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
                                                keepalive_timeout=self.keepalive_s, ttl_dns_cache=self.dns_ttl_s),
                 trust_env=False,  # upstreams are addressed directly, never through *_PROXY variables
+                # no cookies: one session serves every principal, so a cookie an upstream set while answering one
+                # caller must never ride along on another caller's request (and no jar work per request)
+                cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
                 trace_configs=tracing.aiohttp_trace_configs(),  # W3C traceparent upstream (tracing on)
             )

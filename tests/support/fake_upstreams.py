@@ -72,6 +72,8 @@ class Stats:
     adapters: list[str | None] = field(default_factory=list)
     #: the W3C trace context of the last request (what a traced gateway passes upstream)
     last_traceparent: str | None = None
+    #: the Cookie header of each request that had one (every answer sets a cookie: a client must not send it back)
+    cookies: list[str] = field(default_factory=list)
 
 
 class FakeUpstreamApp:
@@ -107,6 +109,8 @@ class FakeUpstreamApp:
         for name, value in scope["headers"]:
             if name == b"traceparent":
                 st.last_traceparent = value.decode("latin-1")
+            elif name == b"cookie":
+                st.cookies.append(value.decode("latin-1"))
         st.active += 1
         st.max_active = max(st.max_active, st.active)
         try:
@@ -422,18 +426,23 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
+#: what a sticky load balancer or a session-minded server in front of a model might set on every answer
+_SET_COOKIE = (b"set-cookie", b"upstream_session=caller-specific; Path=/")
+
+
 async def _start(send: Any, status: int, content_type: bytes, extra: list | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache"), *(extra or [])],
+            "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache"), _SET_COOKIE, *(extra or [])],
         }
     )
 
 
 async def _send(send: Any, status: int, body: bytes, content_type: bytes, extra: list | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), _SET_COOKIE,
+               *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

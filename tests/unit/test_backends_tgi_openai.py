@@ -396,3 +396,27 @@ async def test_batch_decoded_stream_events_give_what_the_per_event_path_gives(na
         if not isinstance(batched, tuple):
             assert batched[-1] == per_event[-1]  # the same finish and usage
             assert sum(p for _, p, *_ in batched) == sum(p for _, p, *_ in per_event)
+
+
+async def test_a_cookie_an_upstream_sets_is_never_sent_back(tmp_path) -> None:
+    """One pooled session serves every principal: a cookie set while answering one caller must not ride along on
+    the next caller's request (the fake sets one on every answer; addressed by name, as a default jar would keep
+    it)."""
+    from gateway.inference.factory import build_backends
+    from gateway.models.spec import parse_spec
+    from gateway.settings import Settings
+
+    greedy = SamplingParams(max_tokens=3, temperature=0.0)
+    for protocol in ("tgi", "openai"):
+        with serve_fake("ok", protocol) as srv:
+            url = srv.url.replace("127.0.0.1", "localhost")
+            spec = parse_spec({"alias": "a", "backend": protocol, "url": url})
+            (backend,) = build_backends(spec, Settings(data_dir=tmp_path, database_url="sqlite:///x.db"))
+            try:
+                for _ in range(2):
+                    await backend.generate(GenerationRequest(request_id="r", prompt="hi", params=greedy))
+                    _ = [d async for d in backend.stream(GenerationRequest(request_id="r", prompt="hi",
+                                                                           params=greedy))]
+                assert srv.stats.generations == 4 and srv.stats.cookies == [], (protocol, srv.stats.cookies)
+            finally:
+                await backend.close()
