@@ -8,18 +8,15 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.metrics import LATENCY, REQUESTS
+from gateway.metrics import LATENCY, REQUESTS, child
 from gateway.observability import tracing
 
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _log = structlog.get_logger("palisade.access")
-#: (method, route template, status) -> the two metric children (bounded: templates and statuses, not paths)
-_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -72,12 +69,9 @@ async def _serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, rid: 
         elapsed = time.perf_counter() - start
         route = scope.get("path_template") or "unmatched"
         method = scope["method"]
-        key = (method, route, status)
-        children = _CHILDREN.get(key)
-        if children is None:  # prometheus_client's labels() validates and locks on every call: once per key here
-            children = _CHILDREN[key] = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
-        children[0].inc()
-        children[1].observe(elapsed)
+        # bounded labels (route templates and statuses, not paths): each child looked up once (gateway.metrics.child)
+        child(REQUESTS, method, route, str(status)).inc()
+        child(LATENCY, method, route).observe(elapsed)
         if status >= 400 or route not in ("/healthz", "/metrics", "/readyz"):
             _log.info(
                 "request", request_id=rid, method=method, route=route, status=status,

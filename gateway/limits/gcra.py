@@ -122,7 +122,6 @@ return 1
 """
 
 
-
 def _as_function(name: str, script: str) -> str:
     """``script`` as a local Lua function whose parameters shadow the globals KEYS and ARGV it reads."""
     return f"local function {name}(KEYS, ARGV)\n{script}\nend\n"
