@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import _SECRET_KEY, _SECRET_VALUE, AuditChain
+from gateway.crypto import Keyring, open_keyring
+from gateway.db.migrate import upgrade
+from gateway.db.session import Database
+from gateway.settings import Settings
 
 
-class _Keyring:
-    def hmac(self, purpose: str, value: str | bytes) -> str:
-        raw = value.encode() if isinstance(value, str) else value
-        return hashlib.sha256(purpose.encode() + b"\0" + raw).hexdigest()[:16]
-
-
-def _reference(keyring: _Keyring, value: Any, key: str = "") -> Any:
+def _reference(keyring: Keyring, value: Any, key: str = "") -> Any:
     """The rule as first written: recurse into everything."""
     if isinstance(value, dict):
         return {k: _reference(keyring, v, str(k)) for k, v in value.items()}
@@ -49,10 +48,25 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
     return rng.choice(VALUES)
 
 
-def test_fast_scrub_equals_the_plain_rule_on_random_details() -> None:
-    chain = AuditChain.__new__(AuditChain)
-    chain.keyring = _Keyring()  # type: ignore[assignment]
+def _keyring(tmp_path: Path) -> Keyring:
+    """The real keyring (its audit HMAC key) of a fresh embedded data dir."""
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}")
+    upgrade(settings)
+
+    async def open_it() -> Keyring:
+        db = Database(settings)
+        try:
+            return await open_keyring(settings, db)
+        finally:
+            await db.close()
+
+    return asyncio.run(open_it())
+
+
+def test_fast_scrub_equals_the_plain_rule_on_random_details(tmp_path: Path) -> None:
+    chain = AuditChain.__new__(AuditChain)  # only the scrub is exercised: no writer, no database
+    chain.keyring = _keyring(tmp_path)
     rng = random.Random(14)
     for _ in range(3000):
         details = {rng.choice(KEYS): _random_value(rng) for _ in range(rng.randint(0, 8))}
-        assert chain._scrub(details) == _reference(chain.keyring, details), details  # type: ignore[arg-type]
+        assert chain._scrub(details) == _reference(chain.keyring, details), details

@@ -83,12 +83,11 @@ def test_an_embedded_adapter_folder_on_an_upstream_is_refused_not_ignored(backen
 def test_a_version_stored_before_the_refusal_still_serves_without_the_adapter() -> None:
     """Registered while `adapter` on an upstream was silently ignored: it still serves (and is still ignored), its
     stored spec and digest untouched."""
-    from types import SimpleNamespace
-
+    from gateway.db.registry import ModelVersion
     from gateway.models.service import serving_spec
 
     stored = {"backend": "tgi", "url": "http://tgi:80", "adapter": "/adapters/lora"}
-    v = SimpleNamespace(id="v1", kind="endpoint", spec=stored, artifact=None)
-    spec = serving_spec("support", v, None, None)  # type: ignore[arg-type]
+    v = ModelVersion(id="v1", kind="endpoint", spec=stored, artifact=None)  # the row as it was stored
+    spec = serving_spec("support", v, None, None)
     assert spec.backend == "tgi" and spec.adapter is None and spec.endpoint_urls() == ["http://tgi:80"]
     assert stored["adapter"] == "/adapters/lora"
