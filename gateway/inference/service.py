@@ -19,7 +19,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -215,20 +214,26 @@ class InferenceService:
                 self._release(p, usage)
 
     async def open_stream(self, p: Prepared) -> AsyncIterator[StreamDelta]:
-        """Record the start (the accepted record) while the endpoint is chosen (so the version header is known),
-        wait until that record is durable before any byte is sent, then return the delta iterator (every delta
-        from that one version)."""
+        """Record the start (the accepted record), ask the upstream for the first delta while that record
+        commits, and return the delta iterator (every delta from one version) once both are there: the first
+        byte waits for max(upstream's first token, commit), not their sum, and never leaves before the record
+        is durable. An upstream that fails before its first token answers with an HTTP error, not a 200 whose
+        body is an error event."""
         accepted = self._accept(p, Tag.STREAM_START)
+        opened: RouterStream | None = None
         try:
             opened = await self.router.open_stream(p.target or p.alias, p.request)
+            p.served_by(opened.version)
+            first = await anext(opened, None)
         except BaseException as exc:
+            if opened is not None:
+                await opened.aclose()
             self._release(p, Usage())
             status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
             if isinstance(exc, ApiError):
                 await self._durable(accepted)  # an error answer too leaves once the start is durable (else 503)
             self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
             raise
-        p.served_by(opened.version)
         try:
             await self._durable(accepted)
         except BaseException as exc:
@@ -237,34 +242,7 @@ class InferenceService:
             if not isinstance(exc, ApiError):  # refused: the trail never accepted it, so no completion either
                 self._complete(p, Tag.INFERENCE_FAILED, "cancelled", Usage(prompt_tokens=p.prompt_tokens))
             raise
-        return self._stream(p, opened)
-
-    async def _stream(self, p: Prepared, opened: RouterStream) -> AsyncIterator[StreamDelta]:
-        usage = Usage(prompt_tokens=p.prompt_tokens)
-        status = "cancelled"
-        produced = 0
-        pieces: list[str] | None = [] if p.retain else None
-        try:
-            async with aclosing(opened) as deltas:
-                async for delta in deltas:
-                    if delta.text:
-                        produced += delta.pieces
-                        if pieces is not None:
-                            pieces.append(delta.text)
-                    if delta.usage is not None:
-                        usage = delta.usage
-                    if delta.finish_reason is not None:
-                        status = "ok"
-                    yield delta
-        except ApiError as exc:
-            status = f"error:{exc.status_code}"
-            raise
-        finally:
-            if status != "ok":
-                usage = Usage(p.prompt_tokens, max(usage.completion_tokens, produced))
-            self._complete(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED, status, usage,
-                           completion="".join(pieces) if pieces is not None else None)
-            self._release(p, usage)
+        return OpenedStream(self, p, opened, first)
 
     # ------------------------------------------------------------------ settle and audit
     def _seal_content(self, p: Prepared, completion: str | None) -> str:
@@ -334,3 +312,70 @@ class InferenceService:
         except Exception as exc:  # never raised to the client: the answer is already on its way
             _log.error("audit completion could not be queued", request_id=p.ctx.request_id,
                        error=type(exc).__name__)
+
+
+class OpenedStream:
+    """The deltas of an opened stream, the first of them already read. Its end (the last delta, an error, or
+    ``aclose``) writes the completion record and settles the reservation, once; ``aclose`` does it too when
+    nothing was ever iterated (a client gone before the body started), unlike an async generator that never
+    ran its ``finally``."""
+
+    __slots__ = ("_service", "_p", "_opened", "_next", "_usage", "_status", "_produced", "_pieces", "_ended")
+
+    def __init__(self, service: InferenceService, p: Prepared, opened: RouterStream, first: StreamDelta | None):
+        self._service = service
+        self._p = p
+        self._opened = opened
+        self._next = first
+        self._usage = Usage(prompt_tokens=p.prompt_tokens)
+        self._status = "cancelled"
+        self._produced = 0
+        self._pieces: list[str] | None = [] if p.retain else None
+        self._ended = False
+
+    def __aiter__(self) -> OpenedStream:
+        return self
+
+    async def __anext__(self) -> StreamDelta:
+        delta = self._next
+        if delta is not None:
+            self._next = None
+        elif self._ended:
+            raise StopAsyncIteration
+        else:
+            try:
+                delta = await self._opened.__anext__()
+            except StopAsyncIteration:
+                await self.aclose()
+                raise
+            except ApiError as exc:
+                self._status = f"error:{exc.status_code}"
+                await self.aclose()
+                raise
+            except BaseException:
+                await self.aclose()
+                raise
+        if delta.text:
+            self._produced += delta.pieces
+            if self._pieces is not None:
+                self._pieces.append(delta.text)
+        if delta.usage is not None:
+            self._usage = delta.usage
+        if delta.finish_reason is not None:
+            self._status = "ok"
+        return delta
+
+    async def aclose(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._next = None
+        p, status, usage = self._p, self._status, self._usage
+        try:
+            await self._opened.aclose()
+        finally:
+            if status != "ok":
+                usage = Usage(p.prompt_tokens, max(usage.completion_tokens, self._produced))
+            self._service._complete(p, Tag.INFERENCE if status == "ok" else Tag.INFERENCE_FAILED, status, usage,
+                                    completion="".join(self._pieces) if self._pieces is not None else None)
+            self._service._release(p, usage)

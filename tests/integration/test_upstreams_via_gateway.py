@@ -172,11 +172,22 @@ def test_healthy_upstream_that_never_answers_times_out_with_504(gw, upstreams):
             timeout=30,
         )
         assert time.monotonic() - t0 < 10
+        # streaming: the first token never came, so the answer is an HTTP error too, not a 200 whose body is an
+        # error event (the stream's headers wait for its first token, which waits for the start record's commit)
+        streamed = httpx.post(
+            proc.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "held", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "stream": True},
+            timeout=30,
+        )
     finally:
         held.release()
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error"
-    assert held.stats.generations >= 1
+    assert streamed.status_code == 504 and streamed.headers["content-type"].startswith("application/json"), \
+        streamed.text
+    assert streamed.json()["error"]["type"] == "timeout_error"
+    assert held.stats.generations >= 2
     wait_until(lambda: held.stats.held == 0, timeout=10, what="the gateway to close the held upstream request")
     assert proc.alive()
 
@@ -236,3 +247,48 @@ def test_upstream_killed_mid_stream_ends_cleanly_settles_and_is_audited(gw, upst
     assert tags == ["inference:stream:start", "inference:request:failed"], tags
     details = json.loads(found[-1][1])
     assert details["status"] == "error:502" and details["completion_tokens"] == 2, details
+
+
+def test_a_stream_whose_client_left_before_its_first_byte_still_ends_in_the_trail(gw, upstreams):
+    """The client sends a streaming request and hangs up while the upstream is still before its first token (the
+    gateway holds the response's first byte until then). The request still ends as any other: a completion
+    record next to its start record ("cancelled" when the server saw the client leave before the stream was
+    written, else the stream went into the void and "ok"), and the reservation settled."""
+    import json
+    import socket
+    import sqlite3
+
+    from tests.support.server import cli
+
+    proc, key = gw
+    held = upstreams["held"]
+    rid = f"left-early-{time.time_ns()}"
+    body = json.dumps({"model": "held", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
+                       "stream": True}).encode()
+    host, port = proc.url.removeprefix("http://").split(":")
+    held.hold()
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                      + f"Authorization: Bearer {key}\r\nX-Request-Id: {rid}\r\n".encode()
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            wait_until(lambda: held.stats.held == 1, timeout=10, what="the request to reach the upstream")
+        # the client is gone; the upstream's first token comes only now
+    finally:
+        held.release()
+
+    db = sqlite3.connect(f"{proc.env['PALISADE_DATA_DIR']}/palisade.db")
+    try:
+        found = wait_until(lambda: (rows := db.execute("SELECT tag, details FROM audit_records WHERE request_id = ? "
+                                                       "ORDER BY seq", (rid,)).fetchall()) and len(rows) == 2
+                           and rows, timeout=10, what="the stream's completion record")
+    finally:
+        db.close()
+    assert found[0][0] == "inference:stream:start", found
+    ending = (found[1][0], json.loads(found[1][1])["status"])
+    assert ending in (("inference:request:failed", "cancelled"), ("inference:request:complete", "ok")), found
+    rows = [json.loads(line) for line in cli(proc.env, "keys", "list").stdout.splitlines() if line.startswith("{")]
+    pid = "key:" + next(r["id"] for r in rows if key.startswith(r["prefix"] + "_"))
+    headers = {"Authorization": f"Bearer {key}"}
+    usage = httpx.get(f"{proc.url}/v1/limits/{pid}", params={"model": "held"}, headers=headers, timeout=10).json()
+    assert [s["used"]["concurrent"] for s in usage["scopes"]] == [0] * len(usage["scopes"])

@@ -294,6 +294,38 @@ def test_sse_decoder_framing() -> None:
     assert dec.finish() == [b'{"tail": true}']  # no blank line at the end: still counts; a cut line does not
 
 
+
+def test_sse_fast_framing_gives_what_the_general_decoder_gives() -> None:
+    """``feed_simple`` (one ``data:`` line per event, joined without splitting events apart) against ``feed`` on
+    random mixes of every framing (comments, other fields, multi-line and empty data, CRLF, [DONE] anywhere)
+    split at random points: the same events in the same order, whichever path each read takes."""
+    import random
+
+    from gateway.inference.openai_upstream import _DONE, _NEXT_EVENT
+
+    rng = random.Random(20261207)
+    simple = [b'data: {"a": 1}\n\n', b'data: {"b": [2, "x y"]}\n\n']
+    odd = [b": keep-alive\n\n", b"event: x\ndata: {}\n\n", b'data:{"c": 3}\n\n', b"data: \n\n",
+           b"data: x\ndata: y\n\n", b"data: [DONE]\n\n", b'data: {"d": "\\n"}\r\n\r\n', b"\n\n"]
+    fast_reads = 0
+    for _ in range(5000):
+        wire = b"".join(rng.choice(simple * 8 + odd) for _ in range(rng.randint(1, 10)))
+        cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(0, 4))))
+        reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        general, fast = _SSEDecoder(), _SSEDecoder()
+        expected = [e for r in reads for e in general.feed(r)] + general.finish()
+        got: list[bytes] = []
+        for r in reads:
+            taken = fast.feed_simple(r)
+            if taken is None:
+                got += fast.feed(r)
+            else:
+                fast_reads += 1
+                joined, done = taken
+                got += [*(joined.split(_NEXT_EVENT) if joined else ()), *((_DONE,) if done else ())]
+        assert got + fast.finish() == expected, (wire, reads)
+    assert fast_reads > 5000  # most reads took the fast path
+
 async def test_a_spec_adapter_id_is_what_the_upstream_is_asked_for(tmp_path) -> None:
     """TGI: ``parameters.adapter_id`` on /generate(_stream), ``model`` on its Messages API (the alias's adapter;
     a caller cannot name one); OpenAI-compatible: the ``model`` field (vLLM / SGLang name a LoRA that way)."""
