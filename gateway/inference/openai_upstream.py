@@ -1,8 +1,9 @@
-"""OpenAI-compatible upstream (vLLM, SGLang) over aiohttp: ``/chat/completions``, ``/completions``, SSE.
+"""OpenAI-compatible upstream (vLLM, SGLang): ``/chat/completions``, ``/completions``, SSE.
 
-The pooled session, timeouts, error mapping and OpenAI shapes come from ``gateway.inference.upstream`` (shared
-with the TGI backend); this module adds the request bodies and a spec-correct incremental SSE decoder. Bodies
-are encoded and decoded with msgspec.
+Requests go over the lean pooled HTTP/1.1 client of ``gateway.inference.http1`` (the hot path); timeouts,
+error mapping and OpenAI shapes come from ``gateway.inference.upstream`` (shared with the TGI backend); this
+module adds the request bodies and a spec-correct incremental SSE decoder. Bodies are encoded and decoded with
+msgspec.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from gateway.inference.base import (
@@ -26,8 +27,8 @@ from gateway.inference.base import (
     StreamDelta,
     Usage,
 )
+from gateway.inference.http1 import Http1Client, Http1Response
 from gateway.inference.upstream import (
-    PooledSession,
     Timeouts,
     chat_answer,
     chat_chunk,
@@ -43,13 +44,11 @@ log = logging.getLogger(__name__)
 # below the idle timeout of common upstream servers (uvicorn, hence vLLM/SGLang: 5 s): a pooled connection is
 # never reused just as the server closes it (a POST is not retried on such a race)
 _KEEPALIVE_S = 4.0
-_DNS_TTL_S = 30
 _DRAIN_S = 0.1  # after ``[DONE]``: how long to wait for the end of the response to keep the connection
 _DRAIN_MAX_BYTES = 64 * 1024
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
-_POST_HEADERS = {"Content-Type": "application/json"}
 
 
 # gc=False: these hold only strings, numbers and acyclic JSON values, so the collector need not track them; a
@@ -149,16 +148,6 @@ class _SSEDecoder:
         return [b"\n".join(data)]
 
 
-def _unread(content: aiohttp.StreamReader) -> bytes:
-    """The bytes buffered in ``content`` and not read yet (its public reads raise a stored error first)."""
-    buffered = getattr(content, "_buffer", None)
-    if not buffered:
-        return b""
-    data = b"".join(buffered)
-    buffered.clear()
-    return data[getattr(content, "_buffer_offset", 0) :]
-
-
 class OpenAIBackend(Backend):
     """One OpenAI-compatible server; ``url`` is its API base (ending in ``/v1``)."""
 
@@ -185,14 +174,25 @@ class OpenAIBackend(Backend):
         headers = {"Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self.http = PooledSession(headers=headers, timeouts=self.timeouts, max_connections=max(1, max_connections),
-                                  keepalive_s=_KEEPALIVE_S, dns_ttl_s=_DNS_TTL_S)
+        self.http = Http1Client(self.url, headers=headers, connect_timeout_s=connect_timeout_s,
+                                max_connections=max_connections, keepalive_s=_KEEPALIVE_S)
+        self._path = urlsplit(self.url).path  # the API base's path, e.g. /v1
 
     async def close(self) -> None:
         await self.http.close()
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        return self.http.get().post(self.url + path, data=_encode(body), headers=_POST_HEADERS, allow_redirects=False)
+    async def _post(self, path: str, body: dict[str, Any]) -> Http1Response:
+        return await self.http.request("POST", self._path + path, _encode(body), content_type="application/json")
+
+    async def _status_of(self, path: str) -> int:
+        """GET ``path`` within the health timeout, read to the end (the connection goes back to the pool)."""
+        async with asyncio.timeout(self.timeouts.health):
+            resp = await self.http.request("GET", path)
+            try:
+                await resp.read()
+                return resp.status
+            finally:
+                resp.release()
 
     def _body(self, req: GenerationRequest, *, stream: bool) -> tuple[str, dict[str, Any]]:
         p = req.params
@@ -219,9 +219,12 @@ class OpenAIBackend(Backend):
         path, body = self._body(request, stream=False)
         try:
             async with asyncio.timeout(self.timeouts.first_byte):
-                async with self._post(path, body) as resp:
+                resp = await self._post(path, body)
+                try:
                     status = resp.status
                     raw = await resp.read()
+                finally:
+                    resp.release()
         except Exception as exc:
             raise transport_error(exc, self.what, started=False) from exc
         if status != 200:
@@ -241,7 +244,7 @@ class OpenAIBackend(Backend):
         usage: Usage | None = None
         completion = 0
         started = False
-        resp: aiohttp.ClientResponse | None = None
+        resp: Http1Response | None = None
         clean = False  # the response was read to its end (or to [DONE]): its connection may be pooled again
         try:
             try:
@@ -255,23 +258,15 @@ class OpenAIBackend(Backend):
                 raise
             except Exception as exc:
                 raise transport_error(exc, self.what, started=False) from exc
-            content = resp.content
+            content = resp
             decoder = _SSEDecoder()
             done = False
-            broken: Exception | None = None  # the connection broke after the data read last
             while not done:
-                if broken is not None:
-                    raise transport_error(broken, self.what, started=True) from broken
-                try:
+                try:  # (what arrived before a connection broke is read before its error: those tokens count)
                     async with asyncio.timeout(self.timeouts.idle_s if started else self.timeouts.read_s):
                         chunk = await content.readany()
                 except Exception as exc:
-                    # aiohttp raises a broken connection's error before handing out what arrived ahead of it:
-                    # those events still reach the client (the tokens an upstream sent just before it died)
-                    chunk = _unread(content)
-                    if not chunk:
-                        raise transport_error(exc, self.what, started=True) from exc
-                    broken = exc
+                    raise transport_error(exc, self.what, started=True) from exc
                 simple = None
                 if not chunk:  # end of the response
                     events = decoder.finish()
@@ -353,9 +348,9 @@ class OpenAIBackend(Backend):
 
     async def health(self) -> bool:
         try:
-            if await self.http.status_of(self.url + "/models") == 200:
+            if await self._status_of(self._path + "/models") == 200:
                 return True
-            root = self.url.removesuffix("/v1")
-            return root != self.url and await self.http.status_of(root + "/health") == 200
+            root = self._path.removesuffix("/v1")
+            return root != self._path and await self._status_of(root + "/health") == 200
         except Exception:
             return False

@@ -26,6 +26,7 @@ from gateway.inference.base import (
     FinishReason,
     Usage,
 )
+from gateway.inference.http1 import UpstreamConnectError
 from gateway.observability import tracing
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def transport_error(exc: BaseException, what: str, *, started: bool) -> BackendE
     on another endpoint; anything later may not."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return BackendTimeout(f"{what} timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError) and not started:  # refused, unreachable, DNS
+    if isinstance(exc, aiohttp.ClientConnectorError | UpstreamConnectError) and not started:  # refused, DNS
         return BackendConnectError(f"cannot connect to {what}")
     if isinstance(exc, aiohttp.ClientError | OSError):
         return BackendError(f"{what}: connection failed ({type(exc).__name__})")
