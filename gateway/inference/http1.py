@@ -225,8 +225,11 @@ class Http1Client:
             self._loop = loop
         slots = self._slots
         assert slots is not None
-        async with asyncio.timeout(self.connect_timeout_s):
-            await slots.acquire()
+        if slots.locked():  # all connections busy: wait for one, within the connect timeout
+            async with asyncio.timeout(self.connect_timeout_s):
+                await slots.acquire()
+        else:
+            await slots.acquire()  # free: returns at once (no timer armed on the usual path)
         try:
             head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._fixed]
             if body is not None:
