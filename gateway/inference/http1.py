@@ -3,7 +3,7 @@
 Why not aiohttp here: on the gateway's hot path its ``ClientSession`` cost ~180-210 µs of CPU per request
 (request and response objects, header multidicts, timer and tracing hooks) and one Python call per HTTP chunk of
 a stream (a 1,000-event SSE answer is 1,000 chunks); this client costs ~70 µs per request, measured side by side
-against the same mock (bench/RESULTS.md, 2026-12-07 afternoon), and collects a stream's chunks in C. The
+against the same mock (``python -m bench.upstream_client``; bench/RESULTS.md), and collects a stream's chunks in C. The
 parsing is not ours: httptools (llhttp, the parser uvicorn serves with) frames the responses (Content-Length,
 chunked, or until the connection closes).
 
