@@ -9,9 +9,10 @@ chunked, or until the connection closes).
 
 What it does: keep-alive connections pooled per event loop (LIFO, dropped after ``keepalive_s`` idle or when the
 server closed them), at most ``max_connections`` at once (waiting for one counts against the connect timeout),
-http and https (system trust store), no redirects, no cookies, no proxies from the environment, the W3C
-``traceparent`` of the current span when tracing is on. A response read to its end gives its connection back;
-one closed early closes its connection, so the upstream sees the client go and stops generating.
+http and https (system trust store), Basic credentials in the URL, no redirects, no cookies, no proxies from the
+environment, the W3C ``traceparent`` of the current span when tracing is on. A response read to its end gives
+its connection back; one closed early closes its connection, so the upstream sees the client go and stops
+generating.
 
 Errors: :class:`UpstreamConnectError` when no connection could be made (refused, unreachable, DNS: nothing was
 sent, another endpoint may take the request); ``TimeoutError`` for the connect timeout; any other ``OSError``
@@ -21,10 +22,11 @@ sent, another endpoint may take the request); ``TimeoutError`` for the connect t
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import ssl
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -200,8 +202,11 @@ class Http1Client:
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.headers = dict(headers)
+        if parts.username is not None and "Authorization" not in self.headers:  # http://user:pass@host: Basic
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
         fixed = {"Host": host if default_port else f"{host}:{self.port}", "User-Agent": "palisade-gateway",
-                 **headers}
+                 **self.headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s

@@ -185,3 +185,22 @@ async def test_refused_garbage_and_early_close() -> None:
     async with raw_server(hang_up) as (url, _):
         with pytest.raises(ConnectionResetError):
             await client(url).request("GET", "/x")
+
+
+async def test_credentials_in_the_url_become_basic_auth_unless_a_key_is_set() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        with_creds = url.replace("http://", "http://svc:p%40ss@")
+        for c in (client(with_creds), client(with_creds, headers={"Authorization": "Bearer k"})):
+            resp = await c.request("GET", "/v1/models")
+            await resp.read()
+            resp.release()
+            await c.close()
+    assert b"Authorization: Basic c3ZjOnBAc3M=\r\n" in seen[0]  # svc:p@ss
+    assert b"Authorization: Bearer k\r\n" in seen[1] and b"Basic" not in seen[1]
