@@ -8,6 +8,7 @@ audited exactly as an HTTP call by the same principal would be. Services never s
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -63,6 +64,8 @@ class RequestContext:
     network: str | None = None
     #: a lower priority is shed first under load (batches, evaluation) -- see gateway.limits.shedding
     priority: Literal["interactive", "batch"] = "interactive"
+    #: returns once the caller has gone (an HTTP client that disconnected); None where nobody can leave (jobs)
+    gone: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor(self) -> str:

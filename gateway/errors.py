@@ -97,6 +97,13 @@ class UpstreamError(ApiError):
     error_type = "upstream_error"
 
 
+class ClientGone(ApiError):
+    """The client disconnected before its answer started; nobody reads this (499, as nginx logs it)."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
 class ServiceUnavailable(ApiError):
     """A dependency is down; we fail closed."""
 

@@ -7,11 +7,12 @@ open a route. The guard is made by the composition root with the process's servi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.types import Receive
 
 from gateway.authn.principal import Principal
 from gateway.authz.actions import Action
@@ -38,7 +39,8 @@ def make_authorize(services: Callable[[], Services]) -> Guard:
         connection.scope["user"] = principal
         state["principal_id"] = principal.id
         ctx = RequestContext(principal, state.get("request_id") or new_request_id(),
-                             connection.client.host if connection.client else None)
+                             connection.client.host if connection.client else None,
+                             gone=_disconnect_of(connection.receive))
         state["ctx"] = ctx
         if action is None:
             raise Forbidden("route has no declared action")
@@ -49,6 +51,16 @@ def make_authorize(services: Callable[[], Services]) -> Guard:
         await s.authz.require(ctx, action, resource)
 
     return authorize
+
+
+def _disconnect_of(receive: Receive) -> Callable[[], Awaitable[None]]:
+    """Returns once the client has disconnected (after its body was read, the next ASGI message is that)."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
 
 
 def context_of(connection: ASGIConnection[Any, Any, Any, Any]) -> RequestContext:

@@ -16,11 +16,12 @@ anyone waiting for it; one that is never written (a crash, a store that stopped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -30,7 +31,7 @@ from gateway.authz.actions import Action
 from gateway.authz.service import Authorization
 from gateway.context import RequestContext
 from gateway.crypto.keyring import Keyring
-from gateway.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamTimeout
+from gateway.errors import ApiError, BadRequest, ClientGone, NotFound, ServiceUnavailable, UpstreamTimeout
 from gateway.inference.base import GenerationRequest, GenerationResult, StreamDelta, Usage
 from gateway.inference.router import Router, RouterStream
 from gateway.limits import Limiter, Reservation
@@ -40,6 +41,7 @@ from gateway.observability import tracing
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.inference")
+T = TypeVar("T")
 VERSION_HEADER = "X-Palisade-Model-Version"
 
 
@@ -218,19 +220,22 @@ class InferenceService:
         commits, and return the delta iterator (every delta from one version) once both are there: the first
         byte waits for max(upstream's first token, commit), not their sum, and never leaves before the record
         is durable. An upstream that fails before its first token answers with an HTTP error, not a 200 whose
-        body is an error event."""
+        body is an error event; a caller that leaves before it (``ctx.gone``) cancels the upstream request at
+        once (ClientGone, 499)."""
         accepted = self._accept(p, Tag.STREAM_START)
         opened: RouterStream | None = None
         try:
             opened = await self.router.open_stream(p.target or p.alias, p.request)
             p.served_by(opened.version)
-            first = await anext(opened, None)
+            gone = p.ctx.gone
+            first = await (anext(opened, None) if gone is None else _unless_gone(anext(opened, None), gone))
         except BaseException as exc:
             if opened is not None:
                 await opened.aclose()
             self._release(p, Usage())
-            status = f"error:{exc.status_code}" if isinstance(exc, ApiError) else "cancelled"
-            if isinstance(exc, ApiError):
+            failed = isinstance(exc, ApiError) and not isinstance(exc, ClientGone)
+            status = f"error:{exc.status_code}" if failed else "cancelled"
+            if failed:
                 await self._durable(accepted)  # an error answer too leaves once the start is durable (else 503)
             self._complete(p, Tag.INFERENCE_FAILED, status, Usage(prompt_tokens=p.prompt_tokens))
             raise
@@ -312,6 +317,24 @@ class InferenceService:
         except Exception as exc:  # never raised to the client: the answer is already on its way
             _log.error("audit completion could not be queued", request_id=p.ctx.request_id,
                        error=type(exc).__name__)
+
+
+async def _unless_gone(step: Awaitable[T], gone: Callable[[], Awaitable[None]]) -> T:
+    """``step``, unless the caller leaves first: then it is cancelled (a stream waiting for its first token gives
+    the upstream's slot back at once instead of when that token comes) and so is this call."""
+    first = asyncio.ensure_future(step)
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((first, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        watch.cancel()
+    if watch.done() and not watch.cancelled() and first.cancelled():
+        raise ClientGone("the client went away before the first token")
+    return first.result()
 
 
 class OpenedStream:
