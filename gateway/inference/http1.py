@@ -174,16 +174,16 @@ class Http1Response:
 
     def release(self) -> None:
         """The connection goes back to the pool if the body was read to its end, else it is closed."""
-        if not self._done:
-            self._done = True
-            self._client._give_back(self._conn, reuse=self.at_eof())
-            self._slots.release()
+        self._finish(reuse=self.at_eof())
 
     def close(self) -> None:
         """Close the connection (the upstream sees the client go)."""
+        self._finish(reuse=False)
+
+    def _finish(self, *, reuse: bool) -> None:
         if not self._done:
             self._done = True
-            self._client._give_back(self._conn, reuse=False)
+            self._client._give_back(self._conn, reuse=reuse)
             self._slots.release()
 
 
@@ -286,7 +286,7 @@ class Http1Client:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl)
-        except TimeoutError:
+        except TimeoutError:  # an OSError too, but the connect timeout is reported as a timeout
             raise
         except OSError as exc:  # refused, unreachable, name not found, TLS handshake refused
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port} ({exc})") from exc

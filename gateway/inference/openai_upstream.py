@@ -42,7 +42,7 @@ from gateway.inference.upstream import (
 log = logging.getLogger(__name__)
 
 # below the idle timeout of common upstream servers (uvicorn, hence vLLM/SGLang: 5 s): a pooled connection is
-# never reused just as the server closes it (a POST is not retried on such a race)
+# rarely reused just as the server closes it (http1 then sends the request once more, on a new connection)
 _KEEPALIVE_S = 4.0
 _DRAIN_S = 0.1  # after ``[DONE]``: how long to wait for the end of the response to keep the connection
 _DRAIN_MAX_BYTES = 64 * 1024
@@ -258,13 +258,12 @@ class OpenAIBackend(Backend):
                 raise
             except Exception as exc:
                 raise transport_error(exc, self.what, started=False) from exc
-            content = resp
             decoder = _SSEDecoder()
             done = False
             while not done:
                 try:  # (what arrived before a connection broke is read before its error: those tokens count)
                     async with asyncio.timeout(self.timeouts.idle_s if started else self.timeouts.read_s):
-                        chunk = await content.readany()
+                        chunk = await resp.readany()
                 except Exception as exc:
                     raise transport_error(exc, self.what, started=True) from exc
                 simple = None
@@ -333,11 +332,11 @@ class OpenAIBackend(Backend):
             yield StreamDelta(finish_reason=finish, usage=usage)
             # the consumer asked for more: wait (briefly) for the end of the response, so that its connection
             # goes back to the pool instead of being closed
-            if not content.at_eof():
+            if not resp.at_eof():
                 with contextlib.suppress(Exception):
                     drained = 0
                     async with asyncio.timeout(_DRAIN_S):
-                        while drained <= _DRAIN_MAX_BYTES and (extra := await content.readany()):
+                        while drained <= _DRAIN_MAX_BYTES and (extra := await resp.readany()):
                             drained += len(extra)
         finally:
             if resp is not None:

@@ -368,14 +368,9 @@ class OpenedStream:
         else:
             try:
                 delta = await self._opened.__anext__()
-            except StopAsyncIteration:
-                await self.aclose()
-                raise
-            except ApiError as exc:
-                self._status = f"error:{exc.status_code}"
-                await self.aclose()
-                raise
-            except BaseException:
+            except BaseException as exc:  # the end (StopAsyncIteration), an error, or a cancellation
+                if isinstance(exc, ApiError):
+                    self._status = f"error:{exc.status_code}"
                 await self.aclose()
                 raise
         if delta.text:
