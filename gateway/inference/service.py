@@ -43,6 +43,7 @@ from gateway.settings import Settings
 _log = structlog.get_logger("palisade.inference")
 T = TypeVar("T")
 VERSION_HEADER = "X-Palisade-Model-Version"
+WATCH_AFTER_S = 0.1  # a non-streaming answer slower than this watches for its caller leaving (_CancelIfGone)
 
 
 class ServedModel(Protocol):
@@ -179,7 +180,7 @@ class InferenceService:
         settled = False
         try:
             try:
-                async with asyncio.timeout(self.settings.request_timeout_s):
+                async with asyncio.timeout(self.settings.request_timeout_s), _CancelIfGone(p.ctx.gone):
                     result = await self.router.generate(p.target or p.alias, p.request)
             except TimeoutError as exc:
                 pool = p.target or p.alias  # the router saw a cancellation: count the timeout against the version
@@ -196,6 +197,8 @@ class InferenceService:
             status = "ok"
             self._complete(p, Tag.INFERENCE, status, usage, completion=result.text)
             return result
+        except ClientGone:
+            raise  # still "cancelled": the finally below records it and settles
         except ApiError as exc:
             if status != "ok":
                 status = f"error:{exc.status_code}"
@@ -335,6 +338,45 @@ async def _unless_gone(step: Awaitable[T], gone: Callable[[], Awaitable[None]]) 
     if watch.done() and not watch.cancelled() and first.cancelled():
         raise ClientGone("the client went away before the first token")
     return first.result()
+
+
+class _CancelIfGone:
+    """Cancels the work inside it when the caller leaves (``gone``, see ``RequestContext.gone``) and raises
+    ClientGone instead, so a client that hangs up on a long answer frees the model's slot instead of leaving it
+    to decode for nobody until the request timeout. It watches only once the work has taken WATCH_AFTER_S: an
+    answer faster than that pays one timer, not a task (a disconnect that came earlier is seen at once then)."""
+
+    __slots__ = ("_gone", "_task", "_timer", "_watch", "_fired")
+
+    def __init__(self, gone: Callable[[], Awaitable[None]] | None) -> None:
+        self._gone = gone
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watch: asyncio.Future[None] | None = None
+        self._fired = False
+
+    async def __aenter__(self) -> None:
+        if self._gone is not None:
+            self._task = asyncio.current_task()
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._watch = asyncio.ensure_future(self._wait())
+
+    async def _wait(self) -> None:
+        await self._gone()  # type: ignore[misc]
+        self._fired = True
+        self._task.cancel()  # type: ignore[union-attr]
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+        # our cancellation (not one from outside, which counts too) becomes ClientGone
+        if self._fired and exc_type is asyncio.CancelledError and self._task.uncancel() == 0:  # type: ignore[union-attr]
+            raise ClientGone("the client went away before the answer") from exc
 
 
 class OpenedStream:

@@ -98,3 +98,25 @@ def test_client_disconnect_stops_the_embedded_generation(gateway) -> None:
                              "temperature": 0})
     assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
     assert not backend.engine._active and not backend.engine._pending
+
+
+def test_client_disconnect_stops_a_non_streaming_embedded_generation(gateway) -> None:
+    """The same for a non-streaming request: nothing is sent before the whole answer, so the gateway watches the
+    connection itself (once the answer has taken WATCH_AFTER_S) and cancels the generation when it closes."""
+    import json
+    import socket
+
+    gw, key = gateway
+    backend = backend_of(gw)
+    body = json.dumps({"model": "endless", "messages": [{"role": "user", "content": "go on"}],
+                       "max_tokens": MAX_TOKENS, "temperature": 0}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                  + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        seq = wait_until(lambda: backend.engine._active and backend.engine._active[0].n_generated > 0
+                         and backend.engine._active[0], timeout=120, what="the generation to start")
+        assert seq.max_new >= MAX_TOKENS - 50
+    # the client is gone before any answer: the sequence leaves the batch long before its 4,000 tokens
+    wait_until(lambda: seq not in backend.engine._active, timeout=120, what="the sequence to leave the batch")
+    assert seq.cancelled and seq.n_generated < MAX_TOKENS // 2, (seq.cancelled, seq.n_generated)
+    assert not backend.engine._active and not backend.engine._pending
