@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 from sqlalchemy.engine import make_url
 
 from gateway.audit.canonical import GENESIS
@@ -32,6 +32,8 @@ from gateway.db.audit import AuditRecord
 
 #: prepared rows (seq 0 / no hash yet) -> chained rows
 Linker = Callable[[int, str], list[dict[str, Any]]]
+
+_encode_json = msgspec.json.Encoder().encode
 
 COLUMNS = ("seq", "at", "tag", "actor", "target", "model", "decision", "request_id", "details", "prev_hash", "hash")
 _PG_TYPES = ("bigint", "timestamptz", *(["text"] * 9))
@@ -41,7 +43,7 @@ _PG_SEED = "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT
 _PG_MOVE_HEAD = "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s RETURNING id"
 _PG_RECORDSET = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _PG_TYPES, strict=True))
 #: fixed column names and placeholders only: no value is ever formatted into the text. The batch travels as ONE
-#: JSON parameter (json.dumps is C; adapting eleven Python lists to Postgres arrays cost ~130 µs per batch)
+#: JSON parameter (encoded in C; adapting eleven Python lists to Postgres arrays cost ~130 µs per batch)
 _PG_APPEND = " ".join((
     f"WITH head AS ({_PG_MOVE_HEAD})",
     f"INSERT INTO audit_records ({', '.join(COLUMNS)})",
@@ -50,14 +52,10 @@ _PG_APPEND = " ".join((
 ))
 
 
-def _iso(value: Any) -> str:
-    return value.isoformat()  # the one non-JSON value in a row: ``at``, an aware datetime (exact to the µs)
-
-
 def _pg_params(rows: list[dict[str, Any]], base_seq: int, base_hash: str) -> list[Any]:
     last = rows[-1]
-    return [last["seq"], last["hash"], base_seq, base_hash,
-            json.dumps(rows, default=_iso, ensure_ascii=False, separators=(",", ":"))]
+    # msgspec writes ``at`` (an aware datetime, exact to the µs) as RFC 3339 itself: no Python call per row
+    return [last["seq"], last["hash"], base_seq, base_hash, _encode_json(rows).decode()]
 
 
 class PgAppender:
