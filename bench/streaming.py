@@ -10,7 +10,9 @@ API key, ABAC, limits reserve/settle, audit (stream start before the first byte,
 
 Reported, side by side in one run: time to first byte p50/p99 direct and through the gateway (the added part is
 the gateway's TTFT), time to the last byte of a ``--chunks`` stream, and chunks per second through the gateway
-over chunks per second direct (target >= 0.9). Direct is measured twice: with the generator on the mock's core
+over chunks per second direct (target >= 0.9), and the same from each stream's first byte to its last (p50 of the
+time to the last byte minus p50 of the time to the first: the chunk rate once the stream flows, apart from the
+TTFT, which is its own target). Direct is measured twice: with the generator on the mock's core
 (as in the gateway run; while the generator waits for the core the mock writes the whole stream, which then
 arrives in a few reads) and from the other core (where the gateway reads it: the writes arrive as they are made,
 paced by the mock). One JSON line at the end.
@@ -113,6 +115,14 @@ def main() -> None:
     ratio = cps_gw / cps_direct if cps_gw and cps_direct else None
     cps_x = args.chunks / (lx["p50"] / 1000) if lx["p50"] else None
     ratio_x = cps_gw / cps_x if cps_gw and cps_x else None
+    # the same streams from their first byte to their last: the rate at which chunks flow once the stream has
+    # started (the time before the first byte is the TTFT above, reported there)
+    body = {name: round(lat["p50"] - pick(full, "ttfb_ms")["p50"], 3)
+            for name, lat, full in (("direct", ld, long_direct), ("direct_other_core", lx, long_direct_x),
+                                    ("gateway", lg, long_gw))
+            if lat["p50"] is not None and pick(full, "ttfb_ms")["p50"] is not None}
+    body_ratio = {k: round(body[k] / body["gateway"], 3) for k in ("direct", "direct_other_core")
+                  if body.get(k) and body.get("gateway")}
     print(f"\nStreaming ({args.mode} mode; gateway on cpu {args.gateway_cpu}, Go mock + loadgen on cpu "
           f"{args.loadgen_cpu})")
     print(f"time to first byte, 3-chunk streams at 20 req/s: direct p50 {d['p50']:.2f} ms p99 {d['p99']:.2f} ms; "
@@ -123,11 +133,15 @@ def main() -> None:
           f"(target >= 0.9)")
     print(f"  direct, read from the gateway's core instead: {lx['p50']:.1f} ms -> {cps_x:,.0f} chunks/s; gateway "
           f"÷ that: {ratio_x:.2f}")
+    print(f"  first to last byte of those streams, p50: direct {body.get('direct')} ms (other core "
+          f"{body.get('direct_other_core')} ms), gateway {body.get('gateway')} ms -> chunk rate once streaming, "
+          f"gateway ÷ direct: {body_ratio.get('direct')} (÷ other core: {body_ratio.get('direct_other_core')})")
     print(json.dumps({"bench": "streaming", "mode": args.mode, "ttfb_direct": d, "ttfb_gateway": g,
                       "ttft_added_ms": added, "chunks": args.chunks, "long_direct_ms": ld, "long_gateway_ms": lg,
                       "long_direct_other_core_ms": lx,
                       "chunks_per_s": {"direct": cps_direct, "direct_other_core": cps_x, "gateway": cps_gw},
                       "ratio": ratio, "ratio_other_core": ratio_x,
+                      "first_to_last_byte_ms": body, "ratio_once_streaming": body_ratio,
                       "errors": {"ttft": ttft_gw.get("errors"), "long": long_gw.get("errors")}}))
 
 
