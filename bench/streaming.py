@@ -12,7 +12,9 @@ Reported, side by side in one run: time to first byte p50/p99 direct and through
 the gateway's TTFT), time to the last byte of a ``--chunks`` stream, and chunks per second through the gateway
 over chunks per second direct (target >= 0.9), and the same from each stream's first byte to its last (p50 of the
 time to the last byte minus p50 of the time to the first: the chunk rate once the stream flows, apart from the
-TTFT, which is its own target). Direct is measured twice: with the generator on the mock's core
+TTFT, which is its own target; it flatters the gateway somewhat: the gateway holds its first byte until the
+stream's start record is durable, and an upstream this fast has sent part of the stream by then). Direct is
+measured twice: with the generator on the mock's core
 (as in the gateway run; while the generator waits for the core the mock writes the whole stream, which then
 arrives in a few reads) and from the other core (where the gateway reads it: the writes arrive as they are made,
 paced by the mock). One JSON line at the end.
