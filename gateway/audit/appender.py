@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +75,7 @@ class PgAppender:
             "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
             self.timeouts,
         )
+        await _pq_call(conn.pgconn, "send_prepare", _PQ_APPEND_NAME, _PQ_APPEND)
         return conn
 
     async def append(self, link: Linker) -> list[dict[str, Any]]:
@@ -82,8 +85,10 @@ class PgAppender:
             if self._head is not None:  # fast path: one statement, one round trip, committed on return
                 seq, prev = self._head
                 rows = link(seq, prev)
-                cur = await conn.execute(_PG_APPEND, _pg_params(rows, seq, prev))
-                if cur.rowcount == len(rows):
+                params = _pg_params(rows, seq, prev)
+                result = await _pq_call(conn.pgconn, "send_query_prepared", _PQ_APPEND_NAME,
+                                        [str(v).encode() for v in params])
+                if result.command_tuples == len(rows):
                     self._head = (rows[-1]["seq"], rows[-1]["hash"])
                     return rows
             async with conn.transaction():  # another process moved the head (or it is unknown): lock, then append
@@ -110,6 +115,48 @@ class PgAppender:
 
     async def close(self) -> None:
         await self._drop()
+
+
+_PQ_APPEND_NAME = b"palisade_audit_append"
+_PQ_APPEND = re.sub(r"%s", lambda m, n=itertools.count(1): f"${next(n)}", _PG_APPEND).encode()
+
+
+async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
+    """One statement straight through libpq (``psycopg.pq``, the driver's own binding): send, then read its one
+    result, waiting on the socket through the event loop. The fast path's append runs on every request; psycopg's
+    cursor (query conversion, parameter adaptation, result objects) cost ~100 µs more CPU per call than this.
+    Raises the driver's error for a failed statement; the caller then drops the connection."""
+    import psycopg
+    from psycopg import pq
+
+    loop = asyncio.get_running_loop()
+    fd = pgconn.socket
+    getattr(pgconn, send)(*args)
+    while pgconn.flush():  # the rest of the statement once the socket takes it (nonblocking connection)
+        writable = loop.create_future()
+        loop.add_writer(fd, writable.set_result, None)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+    results = []
+    while True:
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                if len(results) != 1:
+                    raise psycopg.OperationalError(f"expected one result, got {len(results)}")
+                if results[0].status != pq.ExecStatus.COMMAND_OK:
+                    raise psycopg.errors.error_from_result(results[0])
+                return results[0]
+            results.append(result)
+        readable = loop.create_future()
+        loop.add_reader(fd, readable.set_result, None)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
 
 
 _SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
