@@ -42,6 +42,7 @@ from gateway.jobs import JobQueue
 from gateway.limits.anomaly import UsageWatch
 from gateway.limits.config import LimitsConfig
 from gateway.limits.limiter import RateLimiter
+from gateway.limits.resp import RespPipe
 from gateway.limits.shedding import LoadShedder
 from gateway.models.catalog import ModelCatalog
 from gateway.models.spec import model_specs
@@ -164,6 +165,8 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         redis=limiter_redis,
         timeout_s=2.0,
         owns_client=True,
+        # the scripts (one per request) over the limiter's own pipelined connection; None for TLS or unix URLs
+        fast=RespPipe.for_url(settings.redis_url) if settings.redis_url else None,
         shedder=LoadShedder(router, settings.shed_low_priority_at),
         lease_s=max(60.0, settings.request_timeout_s + 60),
         watch=usage_watch,

@@ -31,6 +31,7 @@ from gateway.limits.gcra import (
     MemoryBuckets,
     Refusal,
 )
+from gateway.limits.resp import RespPipe
 from gateway.limits.shedding import LoadShedder
 from gateway.metrics import REGISTRY
 
@@ -103,19 +104,21 @@ class _Script:
     """One Lua script called by EVALSHA straight through the client (redis-py's Script object re-checks and
     re-wraps on every call); loaded on first NOSCRIPT. Still one round trip per call."""
 
-    def __init__(self, redis: Any, source: str, timeout_s: float | None = None) -> None:
+    def __init__(self, redis: Any, source: str, timeout_s: float | None = None, fast: RespPipe | None = None) -> None:
         self.redis, self.source, self.timeout_s = redis, source, timeout_s
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA-1
+        self.fast = fast
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         # one timer for the whole call (a client made with socket_timeout wraps every send in asyncio.wait_for,
-        # a task per command)
+        # a task per command); the script through the limiter's own pipelined line when it has one
+        call = self.fast.call if self.fast is not None else self.redis.execute_command
         async with asyncio.timeout(self.timeout_s):
             try:
-                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await call("EVALSHA", self.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.redis.script_load(self.source)
-                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await call("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class RateLimiter:
@@ -129,6 +132,7 @@ class RateLimiter:
         watch: Any = None,
         timeout_s: float | None = None,
         owns_client: bool = False,
+        fast: RespPipe | None = None,
     ) -> None:
         """``timeout_s`` bounds each script call (give a client without socket_timeout); ``owns_client``: ``close``
         closes ``redis`` too."""
@@ -140,10 +144,12 @@ class RateLimiter:
         self.lease_s = lease_s  # a concurrency slot a crashed replica never released expires after this
         self.watch = watch  # usage anomaly detector (gateway/limits/anomaly.py), optional
         self.memory = MemoryBuckets() if redis is None else None
+        #: the scripts' own pipelined line to Redis (gateway.limits.resp), closed with the limiter
+        self.fast = fast if redis is not None else None
         if redis is not None:
-            self._reserve = _Script(redis, RESERVE_LUA, timeout_s)
-            self._settle = _Script(redis, SETTLE_LUA, timeout_s)
-            self._settle_reserve = _Script(redis, SETTLE_THEN_RESERVE_LUA, timeout_s)
+            self._reserve = _Script(redis, RESERVE_LUA, timeout_s, self.fast)
+            self._settle = _Script(redis, SETTLE_LUA, timeout_s, self.fast)
+            self._settle_reserve = _Script(redis, SETTLE_THEN_RESERVE_LUA, timeout_s, self.fast)
         #: released reservations not sent yet, and the one sender at a time (the settler task, or a reserve that
         #: carries them); the timer that starts the settler when no reserve came to carry them
         self._released: list[tuple[Reservation, int]] = []
@@ -299,6 +305,8 @@ class RateLimiter:
                     await self._drain()
             except TimeoutError:
                 _log.warning("limiter settles not sent before shutdown", reservations=len(self._released))
+        if self.fast is not None:
+            await self.fast.aclose()
         if self.owns_client and self.redis is not None:
             await self.redis.aclose()
 

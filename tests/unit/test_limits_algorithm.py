@@ -12,6 +12,7 @@ from gateway.authn.principal import Principal
 from gateway.errors import Forbidden, RateLimited, ServiceUnavailable
 from gateway.limits.config import LimitsConfig
 from gateway.limits.limiter import RateLimiter
+from gateway.limits.resp import RespPipe
 from gateway.settings import Settings
 from tests.conftest import REDIS_TEST_URL
 
@@ -22,22 +23,27 @@ def settings(**kw) -> Settings:
     return Settings(data_dir=Path("/tmp"), database_url="sqlite:///:memory:", **kw)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-line"])
 async def make(request):
-    clients = []
+    """The in-memory buckets, Redis through redis-py, and Redis through the limiter's own pipelined line
+    (gateway.limits.resp, what the gateway uses for ``redis://`` URLs): same cases, same results."""
+    made = []
 
     def factory(rules: dict | None = None, **kw) -> RateLimiter:
         config = LimitsConfig(settings(**kw))
         config.snapshot.rules.update(rules or {})
-        client = None
-        if request.param == "redis":
+        client = fast = None
+        if request.param != "memory":
             client = aioredis.from_url(REDIS_TEST_URL)
-            clients.append(client)
-        return RateLimiter(config, redis=client)
+        if request.param == "redis-line":
+            fast = RespPipe.for_url(REDIS_TEST_URL)
+        lim = RateLimiter(config, redis=client, fast=fast, owns_client=True)
+        made.append(lim)
+        return lim
 
     yield factory
-    for c in clients:
-        await c.aclose()
+    for lim in made:
+        await lim.close()
 
 
 def app(**attrs) -> Principal:
