@@ -226,18 +226,10 @@ def main() -> None:
 
         if not args.no_saturation:
             # saturation: highest offered rate with p99 <= 50 ms and no errors, through the gateway
-            sustained, steps = 0.0, []
-            rate = 200.0
-            while rate <= args.max_rate:
-                r = run(gw.url + "/v1/chat/completions", auth, rate, 5.0)
-                steps.append({"rate": rate, "p99": round(r["p99"], 2), "achieved": round(r["achieved_rps"], 1),
-                              "errors": r["errors"]})
-                print(f"  offered {rate:6.0f}/s  achieved {r['achieved_rps']:7.1f}/s  p99 {r['p99']:8.2f} ms  "
-                      f"errors {r['errors']}")
-                if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
-                    break
-                sustained = rate
-                rate *= 1.5
+            from bench.pinned import step_up
+
+            sustained, steps = step_up(lambda rate: run(gw.url + "/v1/chat/completions", auth, rate, 5.0), 200.0,
+                                       1.5, args.max_rate)
             results["saturation_steps"] = steps
             results["sustained_rps"] = sustained
             print(f"highest rate with p99 <= 50 ms: {sustained:.0f} req/s per worker (target >= 1000)")

@@ -189,3 +189,21 @@ def components(collapsed: Path) -> dict[str, float]:
     if loop:
         shares[LOOP_IDLE + ", % of all samples"] = round(100 * loop / (loop + total), 1)
     return shares
+
+
+def step_up(run: Callable[[float], dict], start: float, factor: float, max_rate: float,
+            label: str = "") -> tuple[float, list[dict]]:
+    """The highest offered rate held with p99 <= 50 ms, no errors and >= 95 % of it achieved: ``run(rate)`` at
+    ``start``, ``start * factor``, ... until one fails (or ``max_rate``). Returns it and every step's figures."""
+    sustained, steps, rate = 0.0, [], start
+    while rate <= max_rate:
+        r = run(rate)
+        steps.append({"rate": rate, "p99": round(r["p99"], 2), "achieved": round(r["achieved_rps"], 1),
+                      "errors": r["errors"]})
+        print(f"  {label}offered {rate:8.0f}/s  achieved {r['achieved_rps']:8.1f}/s  p99 {r['p99']:8.2f} ms  "
+              f"errors {r['errors']}")
+        if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
+            break
+        sustained = rate
+        rate *= factor
+    return sustained, steps

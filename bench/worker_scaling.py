@@ -122,16 +122,11 @@ def main() -> None:
                 fixed = pinned.loadgen(args.loadgen, url, auth, args.rate, args.seconds, args.loadgen_cpus, BODY)
                 served = fixed["achieved_rps"] * args.seconds + 3 * args.rate  # + the generator's warm-up
                 cpu_ms = (cpu_of(gw.proc.pid) - before) * 1000 / served  # type: ignore[union-attr]
-                sustained, steps, rate = 0.0, [], args.start_rate
-                while rate <= args.max_rate:
-                    r = pinned.loadgen(args.loadgen, url, auth, rate, args.seconds, args.loadgen_cpus, BODY)
-                    steps.append({"rate": rate, "achieved": r["achieved_rps"], "p99": r["p99"], "errors": r["errors"]})
-                    print(f"  {n} worker(s): offered {rate:8.0f}/s achieved {r['achieved_rps']:8.1f}/s "
-                          f"p99 {r['p99']:8.2f} ms errors {r['errors']}")
-                    if r["p99"] > 50 or r["errors"] or r["achieved_rps"] < 0.95 * rate:
-                        break
-                    sustained = rate
-                    rate *= 1.25
+
+                def at(rate: float, url: str = url) -> dict:
+                    return pinned.loadgen(args.loadgen, url, auth, rate, args.seconds, args.loadgen_cpus, BODY)
+
+                sustained, steps = pinned.step_up(at, args.start_rate, 1.25, args.max_rate, f"{n} worker(s): ")
             finally:
                 gw.stop()
             run = {"workers": n, "cpu_ms_per_request": round(cpu_ms, 3), "p50_at_rate": fixed["p50"],

@@ -133,12 +133,7 @@ async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
     fd = pgconn.socket
     getattr(pgconn, send)(*args)
     while pgconn.flush():  # the rest of the statement once the socket takes it (nonblocking connection)
-        writable = loop.create_future()
-        loop.add_writer(fd, writable.set_result, None)
-        try:
-            await writable
-        finally:
-            loop.remove_writer(fd)
+        await _ready(loop.add_writer, loop.remove_writer, fd)
     results = []
     while True:
         pgconn.consume_input()
@@ -151,12 +146,17 @@ async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
                     raise psycopg.errors.error_from_result(results[0])
                 return results[0]
             results.append(result)
-        readable = loop.create_future()
-        loop.add_reader(fd, readable.set_result, None)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
+        await _ready(loop.add_reader, loop.remove_reader, fd)
+
+
+async def _ready(add: Callable[..., Any], remove: Callable[[int], Any], fd: int) -> None:
+    """Until the event loop sees ``fd`` ready (``add``/``remove``: its reader or its writer callbacks)."""
+    ready = asyncio.get_running_loop().create_future()
+    add(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        remove(fd)
 
 
 _SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
