@@ -112,11 +112,12 @@ async def build_services(settings: Settings, *, serve: bool = True) -> Services:
         # lib_version given: redis-py otherwise reads its package metadata for every new pooled connection
         redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2,
                                   lib_version=redis_py.__version__)
-        # the limiter's own client: no socket_timeout (redis-py would wrap every send in asyncio.wait_for, a task
-        # per command on the hot path); the limiter bounds each script call with one timer instead. A blocking
-        # pool of LIMITER_REDIS_CONNECTIONS: at a burst, requests wait (within that bound) for a connection instead
-        # of failing closed on "too many connections" while Redis is fine, and the process's sockets stay bounded
-        # (Redis runs one script at a time: more connections would not answer sooner)
+        # the limiter's redis-py client (script loading, usage reads, and the scripts themselves for rediss:// and
+        # unix:// URLs; redis:// scripts go over its pipelined line, gateway.limits.resp): no socket_timeout
+        # (redis-py would wrap every send in asyncio.wait_for, a task per command); the limiter bounds each call
+        # with one timer instead. A blocking pool of LIMITER_REDIS_CONNECTIONS: at a burst, calls wait (within that
+        # bound) for a connection instead of failing closed on "too many connections" while Redis is fine, and the
+        # process's sockets stay bounded (Redis runs one script at a time: more connections would not answer sooner)
         limiter_redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=LIMITER_REDIS_CONNECTIONS, timeout=2, socket_connect_timeout=2,
             lib_version=redis_py.__version__))

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -117,8 +115,14 @@ class PgAppender:
         await self._drop()
 
 
+def _numbered(sql: str) -> bytes:
+    """psycopg's ``%s`` placeholders as libpq's ``$1, $2, …``."""
+    parts = sql.split("%s")
+    return (parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))).encode()
+
+
 _PQ_APPEND_NAME = b"palisade_audit_append"
-_PQ_APPEND = re.sub(r"%s", lambda m, n=itertools.count(1): f"${next(n)}", _PG_APPEND).encode()
+_PQ_APPEND = _numbered(_PG_APPEND)
 
 
 async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:

@@ -16,12 +16,11 @@ anyone waiting for it; one that is never written (a crash, a store that stopped 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 
@@ -41,9 +40,8 @@ from gateway.observability import tracing
 from gateway.settings import Settings
 
 _log = structlog.get_logger("palisade.inference")
-T = TypeVar("T")
 VERSION_HEADER = "X-Palisade-Model-Version"
-WATCH_AFTER_S = 0.1  # a non-streaming answer slower than this watches for its caller leaving (_CancelIfGone)
+WATCH_AFTER_S = 0.1  # an answer (or a first token) slower than this watches for its caller leaving (_CancelIfGone)
 
 
 class ServedModel(Protocol):
@@ -223,15 +221,15 @@ class InferenceService:
         commits, and return the delta iterator (every delta from one version) once both are there: the first
         byte waits for max(upstream's first token, commit), not their sum, and never leaves before the record
         is durable. An upstream that fails before its first token answers with an HTTP error, not a 200 whose
-        body is an error event; a caller that leaves before it (``ctx.gone``) cancels the upstream request at
-        once (ClientGone, 499)."""
+        body is an error event; a caller that leaves before it (``ctx.gone``) cancels the upstream request
+        (ClientGone, 499)."""
         accepted = self._accept(p, Tag.STREAM_START)
         opened: RouterStream | None = None
         try:
             opened = await self.router.open_stream(p.target or p.alias, p.request)
             p.served_by(opened.version)
-            gone = p.ctx.gone
-            first = await (anext(opened, None) if gone is None else _unless_gone(anext(opened, None), gone))
+            async with _CancelIfGone(p.ctx.gone):
+                first = await anext(opened, None)
         except BaseException as exc:
             if opened is not None:
                 await opened.aclose()
@@ -322,29 +320,12 @@ class InferenceService:
                        error=type(exc).__name__)
 
 
-async def _unless_gone(step: Awaitable[T], gone: Callable[[], Awaitable[None]]) -> T:
-    """``step``, unless the caller leaves first: then it is cancelled (a stream waiting for its first token gives
-    the upstream's slot back at once instead of when that token comes) and so is this call."""
-    first = asyncio.ensure_future(step)
-    watch = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait((first, watch), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not first.done():
-            first.cancel()
-            with contextlib.suppress(BaseException):
-                await first
-        watch.cancel()
-    if watch.done() and not watch.cancelled() and first.cancelled():
-        raise ClientGone("the client went away before the first token")
-    return first.result()
-
-
 class _CancelIfGone:
     """Cancels the work inside it when the caller leaves (``gone``, see ``RequestContext.gone``) and raises
-    ClientGone instead, so a client that hangs up on a long answer frees the model's slot instead of leaving it
-    to decode for nobody until the request timeout. It watches only once the work has taken WATCH_AFTER_S: an
-    answer faster than that pays one timer, not a task (a disconnect that came earlier is seen at once then)."""
+    ClientGone instead, so a client that hangs up on a long answer (or before a stream's first token) frees the
+    model's slot instead of leaving it to decode for nobody until the request timeout. It watches only once the
+    work has taken WATCH_AFTER_S: work faster than that pays one timer, not a task (a disconnect that came
+    earlier is seen at once then)."""
 
     __slots__ = ("_gone", "_task", "_timer", "_watch", "_fired")
 
