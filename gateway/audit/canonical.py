@@ -12,10 +12,21 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 GENESIS = "0" * 64
 RECORD_V = "palisade-audit-v1"
 CHECKPOINT_V = "palisade-audit-checkpoint-v1"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_details_json = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+).encode
+#: msgspec writes the same bytes as the json module for text (every code point escapes alike), None, bools,
+#: ints and the floats that ``repr`` writes without an exponent, and sorts keys alike; for anything else (another
+#: float, a type ``default=str`` renders) the json module decides. tests/unit/test_audit_canonical.py compares the
+#: two on random values. ~10x faster: two records per request, each canonicalised and hashed.
+_fast = msgspec.json.Encoder(order="sorted").encode
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def iso(at: datetime) -> str:
@@ -28,9 +39,26 @@ def iso(at: datetime) -> str:
 
 
 def canonical_details(details: dict[str, Any]) -> str:
-    return json.dumps(
-        details, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
-    )
+    """Sorted keys, no spaces, text unescaped (the form old records and exports were hashed in: never changes)."""
+    if _plain(details):
+        return _fast(details).decode()
+    return _details_json(details)
+
+
+def _plain(value: Any) -> bool:
+    """True when msgspec and the json module write ``value`` byte for byte alike (exact types, not subclasses)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if t is float:  # repr's plain notation; NaN and infinities fail both tests (the json module refuses them)
+        return value == 0.0 or 1e-4 <= abs(value) < 1e16
+    if t is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if t is list or t is tuple:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def record_hash(
@@ -44,8 +72,10 @@ def record_hash(
     details: str,
     prev_hash: str,
 ) -> str:
-    payload = _dumps([RECORD_V, at, tag, actor, target, model, decision, request_id, details, prev_hash])
-    return hashlib.sha256(payload.encode()).hexdigest()
+    fields = [RECORD_V, at, tag, actor, target, model, decision, request_id, details, prev_hash]
+    if all(type(f) is str or f is None for f in fields):  # always, but for a tampered cell verify hands over
+        return hashlib.sha256(_fast(fields)).hexdigest()
+    return hashlib.sha256(_dumps(fields).encode()).hexdigest()
 
 
 def checkpoint_payload(seq: int, head_hash: str, at: str, kind: str, key_id: str) -> bytes:
