@@ -130,14 +130,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *CONSOLE_ROUTERS,
         ],
         template_config=template_config(),
+        guards=[make_authorize(handle)],
         dependencies={
             "services": Provide(handle, sync_to_thread=False, use_cache=True),
             "batches": Provide(batches, sync_to_thread=False, use_cache=True),
             "ctx": Provide(_context_dependency, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        # outermost first; the guard runs after routing, on every route handler (gateway.api.guard)
-        middleware=[request_id_middleware, make_authorize(handle)],
+        middleware=[request_id_middleware],
         on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=openapi,
