@@ -7,6 +7,7 @@ decision cache key, so each holds only what rules may reference (see gateway/aut
 from __future__ import annotations
 
 import ipaddress
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -50,7 +51,26 @@ class Environment(NamedTuple):
 current_env: ContextVar[Environment | None] = ContextVar("palisade_authz_env", default=None)
 
 
+#: subjects of principals without an MFA time, by principal object: credential caches hand the same frozen object
+#: to every request of a key or token, and its subject never changes (the held reference keeps its id unique)
+_subjects: dict[int, tuple[Principal, Subject]] = {}
+MEMO_MAX = 4096
+
+
 def subject_of(p: Principal, now: datetime | None = None, fresh_s: int = MFA_FRESH_S) -> Subject:
+    if p.mfa_at is not None:  # mfa_fresh depends on the time
+        return _subject(p, now, fresh_s)
+    hit = _subjects.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    subject = _subject(p, now, fresh_s)
+    if len(_subjects) >= MEMO_MAX:  # many principals (a new object per login, per token): start over
+        _subjects.clear()
+    _subjects[id(p)] = (p, subject)
+    return subject
+
+
+def _subject(p: Principal, now: datetime | None, fresh_s: int) -> Subject:
     attrs = p.attributes or {}
     clearance = str(attrs.get("clearance") or DEFAULT_CLEARANCE)
     mfa_age = None
@@ -110,8 +130,25 @@ class Networks:
         return network
 
 
+#: the environment of the current UTC hour, by network (hour and weekday change only on the hour)
+_environments: dict[tuple[str, int], Environment] = {}
+
+
 def environment(network: str, now: datetime | None = None) -> Environment:
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    if now is not None:
+        return _environment(network, now)
+    hour_index = int(time.time() // 3600)
+    env = _environments.get((network, hour_index))
+    if env is None:
+        env = _environment(network, datetime.fromtimestamp(hour_index * 3600, UTC))
+        if len(_environments) >= 64:  # past hours (networks are a handful of names)
+            _environments.clear()
+        _environments[(network, hour_index)] = env
+    return env
+
+
+def _environment(network: str, now: datetime) -> Environment:
+    now = now.astimezone(UTC)
     hour, weekday = now.hour, now.weekday()
     return Environment(
         hour=hour, weekday=weekday, network=network, business_hours=weekday < 5 and 8 <= hour < 18

@@ -167,9 +167,8 @@ class InferenceService:
         with tracing.span("limits", model=alias, tokens=prompt_tokens + params.max_tokens):
             reservation = await self.limiter.reserve(ctx.principal, alias, prompt_tokens + params.max_tokens,
                                                      priority=priority)
-        headers = {name.decode(): value.decode() for name, value in reservation.headers()}
         return Prepared(ctx, alias, req, prompt_tokens, reservation, time.perf_counter(), entry.retain_content,
-                        None, headers, target)
+                        None, reservation.headers(), target)
 
     async def complete(self, p: Prepared) -> GenerationResult:
         accepted = self._accept(p, Tag.INFERENCE_ACCEPTED)  # committed while the upstream works

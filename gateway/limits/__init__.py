@@ -43,11 +43,12 @@ class Reservation:
     #: after a successful reserve: (scope index 1-based, kind code, remaining, reset_s) per windowed limit
     left: list[tuple[int, int, int, int]] = field(default_factory=list)
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
+    def headers(self) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers) for a success: every
-        windowed limit that applied, with what is left after this request (same names as on a 429)."""
+        windowed limit that applied, with what is left after this request (same names as on a 429). A new dict
+        each call (the caller adds its own headers to it)."""
         if not self.left:
-            return []
+            return {}
         policies, states = [], []
         for index, code, remaining, reset in self.left:
             scope = self.scopes[index - 1]
@@ -56,7 +57,7 @@ class Reservation:
             label = f'"{scope.kind}.{name}"'
             policies.append(f"{label};q={quota};w={window}")
             states.append(f"{label};r={max(0, remaining)};t={max(0, reset)}")
-        return [(b"ratelimit-policy", ", ".join(policies).encode()), (b"ratelimit", ", ".join(states).encode())]
+        return {"ratelimit-policy": ", ".join(policies), "ratelimit": ", ".join(states)}
 
 
 class Limiter(Protocol):

@@ -34,6 +34,8 @@ class LimitsSnapshot:
     rules: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     suspended: dict[str, str] = field(default_factory=dict)  # principal id -> reason
+    #: scopes_for's answers under these rules, by (principal id, department, model): every request asks
+    scopes: dict[tuple[str, str, str], tuple[Scope, ...]] = field(default_factory=dict, compare=False, repr=False)
 
 
 class LimitsConfig:
@@ -79,12 +81,23 @@ class LimitsConfig:
         }
 
     def scopes_for(self, principal: Principal, model: str) -> tuple[Scope, ...]:
-        rules = self.snapshot.rules
-        own, default = rules.get(("principal", principal.id), {}), rules.get(("principal", "*"), {})
+        snapshot = self.snapshot
+        department = str((principal.attributes or {}).get("department") or "")
+        key = (principal.id, department, model)
+        found = snapshot.scopes.get(key)
+        if found is None:
+            found = self._scopes(snapshot.rules, principal.id, department, model)
+            if len(snapshot.scopes) >= 4096:  # many principals: start over rather than grow
+                snapshot.scopes.clear()
+            snapshot.scopes[key] = found
+        return found
+
+    def _scopes(self, rules: dict[tuple[str, str], dict[str, Any]], principal_id: str, department: str,
+                model: str) -> tuple[Scope, ...]:
+        own, default = rules.get(("principal", principal_id), {}), rules.get(("principal", "*"), {})
         base = self.defaults()
         values = {f: _first(own.get(f), default.get(f), base[f]) for f in FIELDS}
-        scopes = [Scope("principal", principal.id, **values)]
-        department = str((principal.attributes or {}).get("department") or "")
+        scopes = [Scope("principal", principal_id, **values)]
         if department and ("department", department) in rules:
             scopes.append(Scope("department", department, **_only(rules[("department", department)])))
         if ("model", model) in rules:

@@ -135,7 +135,7 @@ async def test_a_success_carries_ratelimit_headers_for_every_windowed_limit(make
     p = app()
     first = (await lim.reserve(p, "m", 100)).headers()
     second = await lim.reserve(p, "m", 100)
-    headers = {k.decode(): v.decode() for k, v in second.headers()}
+    headers = second.headers()
     assert headers["ratelimit-policy"] == (
         '"principal.requests_per_minute";q=10;w=60, "principal.tokens_per_minute";q=1000;w=60, '
         '"principal.daily_tokens";q=5000;w=86400'

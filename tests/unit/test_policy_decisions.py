@@ -141,3 +141,20 @@ def test_explain_lists_every_matching_rule() -> None:
     assert out["allowed"] is False and out["rule"] == "deny:restricted-needs-fresh-mfa"
     names = {m["name"]: m["effect"] for m in out["matched"]}
     assert names == {"ml-engineer-inference": "allow", "restricted-needs-fresh-mfa": "deny"}
+
+
+def test_remembered_subjects_and_environments_are_those_computed_afresh() -> None:
+    from gateway.authz.attributes import _environment, _subject, subject_of
+
+    app = Principal("key:m", "app", "m", "api_key", roles=("app",), attributes={"department": "eng"})
+    assert subject_of(app) is subject_of(app)  # one principal object: computed once
+    assert subject_of(app) == _subject(app, None, 300)
+    # the same id in a new object (the key's attributes changed, its cache entry was re-read): its own subject
+    moved = Principal("key:m", "app", "m", "api_key", roles=("app",), attributes={"department": "finance"})
+    assert subject_of(moved).department == "finance" and subject_of(app).department == "eng"
+    # a person's step-up ages: never remembered
+    person = Principal("user:m", "user", "p", "session", roles=("viewer",), mfa_at=NOW - timedelta(seconds=299))
+    assert subject_of(person, NOW).mfa_fresh and not subject_of(person, NOW + timedelta(seconds=2)).mfa_fresh
+    # the hour's environment is the one computed for now (unless the hour turned between the two calls)
+    before = _environment("external", datetime.now(UTC))
+    assert environment("external") in (before, _environment("external", datetime.now(UTC)))
