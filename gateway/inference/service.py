@@ -177,7 +177,7 @@ class InferenceService:
         settled = False
         try:
             try:
-                async with asyncio.timeout(self.settings.request_timeout_s), _CancelIfGone(p.ctx.gone):
+                async with _CancelIfGone(p.ctx.gone, self.settings.request_timeout_s):
                     result = await self.router.generate(p.target or p.alias, p.request)
             except TimeoutError as exc:
                 pool = p.target or p.alias  # the router saw a cancellation: count the timeout against the version
@@ -324,38 +324,63 @@ class _CancelIfGone:
     ClientGone instead, so a client that hangs up on a long answer (or before a stream's first token) frees the
     model's slot instead of leaving it to decode for nobody until the request timeout. It watches only once the
     work has taken WATCH_AFTER_S: work faster than that pays one timer, not a task (a disconnect that came
-    earlier is seen at once then)."""
+    earlier is seen at once then). With ``timeout_s`` it is also the work's deadline (TimeoutError, as
+    ``asyncio.timeout`` raises) on the same first timer: a fast answer pays one timer for both."""
 
-    __slots__ = ("_gone", "_task", "_timer", "_watch", "_fired")
+    __slots__ = ("_gone", "_timeout_s", "_task", "_timer", "_watch", "_fired", "_end")
 
-    def __init__(self, gone: Callable[[], Awaitable[None]] | None) -> None:
+    def __init__(self, gone: Callable[[], Awaitable[None]] | None, timeout_s: float | None = None) -> None:
         self._gone = gone
+        self._timeout_s = timeout_s
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watch: asyncio.Future[None] | None = None
-        self._fired = False
+        self._fired: type[BaseException] | None = None  # what our cancellation becomes: ClientGone or TimeoutError
+        self._end: float | None = None
 
     async def __aenter__(self) -> None:
-        if self._gone is not None:
-            self._task = asyncio.current_task()
-            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+        if self._gone is None and self._timeout_s is None:
+            return
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        first = WATCH_AFTER_S if self._gone is not None else self._timeout_s
+        if self._timeout_s is not None:
+            self._end = loop.time() + self._timeout_s
+            first = min(first, self._timeout_s)  # type: ignore[type-var]
+        self._timer = loop.call_later(first, self._start)  # type: ignore[arg-type]
 
     def _start(self) -> None:
-        self._watch = asyncio.ensure_future(self._wait())
+        self._timer = None
+        if self._end is not None:  # the deadline's own timer, for work slower than the first one
+            loop = asyncio.get_running_loop()
+            left = self._end - loop.time()
+            if left <= 0:
+                self._cancel(TimeoutError)
+                return
+            self._timer = loop.call_later(left, self._cancel, TimeoutError)
+        if self._gone is not None:
+            self._watch = asyncio.ensure_future(self._wait())
 
     async def _wait(self) -> None:
         await self._gone()  # type: ignore[misc]
-        self._fired = True
-        self._task.cancel()  # type: ignore[union-attr]
+        self._cancel(ClientGone)
+
+    def _cancel(self, why: type[BaseException]) -> None:
+        if self._fired is None:
+            self._fired = why
+            self._task.cancel()  # type: ignore[union-attr]
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if self._timer is None:
+        if self._task is None:
             return
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._watch is not None:
             self._watch.cancel()
-        # our cancellation (not one from outside, which counts too) becomes ClientGone
-        if self._fired and exc_type is asyncio.CancelledError and self._task.uncancel() == 0:  # type: ignore[union-attr]
+        # our cancellation (not one from outside, which counts too) becomes ClientGone or TimeoutError
+        if self._fired is not None and self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+            if self._fired is TimeoutError:
+                raise TimeoutError from exc
             raise ClientGone("the client went away before the answer") from exc
 
 
