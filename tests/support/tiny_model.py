@@ -107,21 +107,24 @@ def make_endless_tiny_model(path: Path, *, context: int = 32768) -> Path:
     """The tiny model, but one that never chooses end-of-sequence under greedy decoding and has a long context:
     a generation runs until ``max_tokens``, so a test can tell "cancelled" from "finished on its own".
 
-    The output head is untied from the embeddings and the end-of-sequence row zeroed, so its logit is always 0
-    while the best of ~500 random rows is well above 0 (greedy never picks it).
+    The output head is untied from the embeddings and the rows of every special token zeroed, so their logits are
+    always 0 while the best of ~500 random rows is well above 0 (greedy never picks them). Every one of them, not
+    only end-of-sequence: the gateway also stops on ``<|endoftext|>`` (id 0 here), which a random head picked now
+    and then, ending a generation "on its own" within a few hundred tokens.
     """
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     make_tiny_model(path)
     model = LlamaForCausalLM.from_pretrained(path)
-    eos = model.config.eos_token_id
+    special = {model.config.eos_token_id, *AutoTokenizer.from_pretrained(path).all_special_ids}
     model.config.tie_word_embeddings = False
     model.config.max_position_embeddings = context
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
     with torch.no_grad():
         head.weight.copy_(model.get_input_embeddings().weight)
-        head.weight[eos].zero_()
+        for token in special:
+            head.weight[token].zero_()
     model.lm_head = head
     model.save_pretrained(path)
     return path
