@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import hiredis
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -86,13 +87,11 @@ class RespPipe:
 
     @classmethod
     def for_url(cls, url: str, connect_timeout_s: float = 2.0) -> RespPipe | None:
-        parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
+        if urlsplit(url).scheme != "redis":
             return None
-        path = parts.path.strip("/")
-        return cls(parts.hostname, parts.port or 6379, db=int(path) if path else 0,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None, connect_timeout_s=connect_timeout_s)
+        kw = parse_url(url)  # redis-py's own reading (``/3`` or ``?db=3``, quoted user and password): the same database
+        return cls(kw.get("host") or "localhost", int(kw.get("port") or 6379), db=int(kw.get("db") or 0),
+                   username=kw.get("username"), password=kw.get("password"), connect_timeout_s=connect_timeout_s)
 
     async def call(self, *args: Any) -> Any:
         line = self._line

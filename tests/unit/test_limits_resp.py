@@ -92,3 +92,5 @@ async def test_no_redis_is_a_connection_error_and_other_schemes_keep_redis_py() 
     assert RespPipe.for_url("rediss://cache:6380/0") is None and RespPipe.for_url("unix:///run/redis.sock") is None
     auth = RespPipe.for_url("redis://app:s%40cret@cache:6390/3")
     assert (auth.host, auth.port, auth.db, auth.username, auth.password) == ("cache", 6390, 3, "app", "s@cret")
+    # the database as redis-py reads it, from the path or the query: the scripts and the usage reads agree
+    assert RespPipe.for_url("redis://cache?db=5").db == 5 and RespPipe.for_url("redis://cache").db == 0
