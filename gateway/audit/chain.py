@@ -47,12 +47,12 @@ _SECRET_VALUE = re.compile(
     r"pal_[0-9a-f]{12}_[A-Za-z0-9_-]{43}|Bearer\s+\S+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\."
 )
 _PLAIN = frozenset((int, float, bool))
+_RECORDS = AuditRecord.__table__
 
 
 def _credential_like(value: str) -> bool:
     """``_SECRET_VALUE`` on ``value``, after the substring test every match needs (most values fail it)."""
     return ("pal_" in value or "Bearer" in value or "eyJ" in value) and _SECRET_VALUE.search(value) is not None
-_RECORDS = AuditRecord.__table__
 
 
 @functools.lru_cache(maxsize=4096)
