@@ -11,7 +11,9 @@ the same ISO text for the same instant (tests/unit/test_audit_reader.py, tests/i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,8 +24,9 @@ from sqlalchemy import Engine, select
 from gateway.audit.canonical import iso
 from gateway.db.audit import AuditRecord
 
+_Batch = list[tuple[Any, ...]]
 #: rows per fetch, and per progress report
-BATCH = 10_000
+BATCH = 2_000
 _R = AuditRecord.__table__.c
 _COLUMNS = (_R.seq, _R.at, _R.tag, _R.actor, _R.target, _R.model, _R.decision, _R.request_id, _R.details,
             _R.prev_hash, _R.hash)
@@ -31,7 +34,6 @@ _PG_ROWS = (
     "SELECT seq, at, tag, actor, target, model, decision, request_id, details, prev_hash, hash "
     "FROM audit_records WHERE seq BETWEEN %s AND %s ORDER BY seq"
 )
-_PG_HASH_AT = "SELECT hash FROM audit_records WHERE seq = %s"
 _PG_EPOCH = datetime(2000, 1, 1)  # naive: the prefix is UTC wall time, the offset is written as "+00:00"
 _INT8 = 2**63
 
@@ -47,6 +49,8 @@ class TrailRows:
     iso: Callable[[Any], str]
     #: the stored hash of the record at a seq, or None (the record before the range)
     hash_at: Callable[[int], str | None]
+    #: every value but ``at`` is text or None (typed columns), so the walk may skip the per-value type check
+    typed: bool = False
 
 
 @contextmanager
@@ -83,25 +87,75 @@ def _postgres(engine: Engine, from_seq: int | None, to_seq: int | None) -> Itera
 
     raw = engine.raw_connection()
     try:
-        pg = raw.driver_connection
-        cur = pg.cursor("palisade_audit_verify", binary=True)
+        cur = raw.driver_connection.cursor("palisade_audit_verify", binary=True)
         cur.adapters.register_loader("timestamptz", Int8BinaryLoader)  # the stored integer, as it is sent
 
-        def batches() -> Iterator[list[tuple[Any, ...]]]:
+        def fetch() -> Generator[_Batch]:
             cur.execute(_PG_ROWS, (-_INT8 if from_seq is None else from_seq, _INT8 - 1 if to_seq is None else to_seq))
             while rows := cur.fetchmany(BATCH):
                 yield rows
 
-        def hash_at(seq: int) -> str | None:
-            row = pg.execute(_PG_HASH_AT, (seq,)).fetchone()
-            return None if row is None else row[0]
+        def hash_at(seq: int) -> str | None:  # on a connection of its own: the trail's belongs to the reading thread
+            with engine.connect() as conn:
+                return conn.execute(select(_R.hash).where(_R.seq == seq)).scalar()
 
         try:
-            yield TrailRows(batches(), pg_iso(), hash_at)
+            with _prefetched(fetch()) as batches:
+                yield TrailRows(batches, pg_iso(), hash_at, typed=True)
         finally:
             cur.close()
     finally:
         raw.close()  # the pool rolls the read-only transaction back
+
+
+@contextmanager
+def _prefetched(batches: Generator[_Batch], depth: int = 2) -> Iterator[Generator[_Batch]]:
+    """``batches``, read ahead by a thread while the caller works on the one before: Postgres produces the next
+    rows (and the driver waits for them, the GIL released) while verify hashes these. Half of verify's time was
+    that wait. An error in the thread is raised in the caller, in order; closing the generator stops the thread."""
+    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            put(("error", exc))
+        finally:
+            batches.close()  # in the thread that iterates it
+
+    thread = threading.Thread(target=read, name="audit-verify-read", daemon=True)
+
+    def consume() -> Generator[list[tuple[Any, ...]]]:
+        thread.start()
+        while True:
+            kind, value = out.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    reader = consume()
+    try:
+        yield reader
+    finally:
+        reader.close()
+        stop.set()
+        if thread.is_alive():
+            thread.join()
 
 
 def pg_iso() -> Callable[[int], str]:

@@ -20,19 +20,17 @@ it costs one SHA-256 and a few dict look-ups (≥100k records/s).
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from json.encoder import encode_basestring
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import create_engine, select
 
 from gateway.audit.canonical import GENESIS, RECORD_V, checkpoint_payload, iso, record_hash
+from gateway.audit.canonical import text_hash as canonical_text_hash
 from gateway.audit.events import ACCEPTED_TAGS, COMPLETION_TAGS
 from gateway.audit.reader import TrailRows, trail_rows
 from gateway.audit.signing import check_signature, key_id_of, load_public_pem
@@ -218,18 +216,21 @@ def _walk(  # noqa: C901
 ) -> tuple[int | None, dict[str, int], dict[str, tuple[int, str]]]:
     """The chain walk, once per record: the hash, the link, the signed heads at this seq, the pairing.
 
-    The hot loop: the canonical form of :func:`gateway.audit.canonical.record_hash` is written out here rather than
-    called (same JSON: the same C string encoder; ``at`` is ISO text that needs no escaping), and everything
-    looked up only when something is wrong is behind a cheap test. Returns the last seq read, the links to hashes
-    not seen, and the signed hashes not found at their seq."""
-    sha256, esc, to_iso = hashlib.sha256, encode_basestring, rows.iso
-    head = "[" + esc(RECORD_V) + ',"'
+    The hot loop. Rows whose columns are typed (Postgres: every value is text or NULL) are hashed by
+    :data:`gateway.audit.canonical.text_hash`, the form :func:`record_hash` gives text, without its type check;
+    rows from an untyped store go through :func:`record_hash` itself (a tampered SQLite cell may hold a number).
+    Everything looked up only when something is wrong is behind a cheap test. Returns the last seq read, the links
+    to hashes not seen, and the signed hashes not found at their seq."""
+    to_iso = rows.iso
+    text_hash = canonical_text_hash if rows.typed else None
     accepted_tags, completion_tags = ACCEPTED_TAGS, COMPLETION_TAGS
     prev_seq: int | None = None
     expect: int | None = None  # prev_seq + 1
     prev_stored: str | None = ""
-    recent: OrderedDict[str, int] = OrderedDict()  # stored hash -> seq, for the last WINDOW records
-    popitem = recent.popitem
+    # stored hash -> seq for the last WINDOW to 2 * WINDOW records, in two generations (cheaper than evicting one
+    # entry per record): a link to a record that far back is named "reordered" rather than "deleted"
+    recent: dict[str, int] = {}
+    older: dict[str, int] = {}
     dangling: dict[str, int] = {}  # a link to a hash not seen yet -> seq of the linking record
     vouch_dangling: dict[str, tuple[int, str]] = {}  # signed hash not found at its seq -> (seq, where)
     for batch in rows.batches:
@@ -243,20 +244,16 @@ def _walk(  # noqa: C901
                     report.add("deleted", prev_seq + 1, f"record(s) {missing} missing")
                     prev_stored = prev_hash  # the gap is named; do not also report the broken link
             at = to_iso(at)
-            try:
-                digest = sha256(
-                    f'{head}{at}",{esc(tag)},{"null" if actor is None else esc(actor)},'
-                    f'{"null" if target is None else esc(target)},{"null" if model is None else esc(model)},'
-                    f'{"null" if decision is None else esc(decision)},{"null" if rid is None else esc(rid)},'
-                    f"{esc(details)},{esc(prev_hash)}]".encode()
-                ).hexdigest()
-            except TypeError:  # a value that is not text (a tampered SQLite cell): the general encoder decides
+            if text_hash is not None:
+                digest = text_hash((RECORD_V, at, tag, actor, target, model, decision, rid, details, prev_hash))
+            else:
                 digest = record_hash(at, tag, actor, target, model, decision, rid, details, prev_hash)
             if digest != stored:
                 report.add("changed", seq, "content does not match the record's hash")
             if prev_hash != prev_stored and prev_stored is not None:
-                if prev_hash in recent:
-                    report.add("reordered", seq, f"links to record {recent[prev_hash]}, not to {seq - 1}")
+                earlier = recent.get(prev_hash) or older.get(prev_hash)
+                if earlier is not None:
+                    report.add("reordered", seq, f"links to record {earlier}, not to {seq - 1}")
                 else:
                     dangling[prev_hash] = seq
             if dangling and stored in dangling:
@@ -265,8 +262,9 @@ def _walk(  # noqa: C901
                 for expected, where in vouched[seq]:
                     if expected == stored:
                         continue
-                    if expected in recent:
-                        report.add("reordered", seq, f"the {where} signed record {recent[expected]}'s hash here")
+                    earlier = recent.get(expected) or older.get(expected)
+                    if earlier is not None:
+                        report.add("reordered", seq, f"the {where} signed record {earlier}'s hash here")
                     else:
                         vouch_dangling[expected] = (seq, where)
             if vouch_dangling and stored in vouch_dangling:
@@ -286,10 +284,10 @@ def _walk(  # noqa: C901
                 else:
                     waiting.pop(0)
             recent[stored] = seq
-            if len(recent) > WINDOW:
-                popitem(last=False)
             prev_seq, prev_stored = seq, stored
             expect = seq + 1
+        if len(recent) >= WINDOW:
+            older, recent = recent, {}
         report.records += len(batch)
         if progress is not None:
             progress(len(batch))
