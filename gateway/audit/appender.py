@@ -63,32 +63,38 @@ class PgAppender:
         self.conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
         self.timeouts = (lock_timeout, statement_timeout)
         self._conn: Any = None
+        self._socket: _Socket | None = None  # the connection's socket as the event loop watches it
         self._head: tuple[int, str] | None = None  # what this process last wrote (a guess for the fast path)
 
     async def _connect(self) -> Any:
         import psycopg
 
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        self._conn = conn  # dropped (socket watch first) by append's failure path if the rest fails
         await conn.execute(
             "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
             self.timeouts,
         )
-        await _pq_call(conn.pgconn, "send_prepare", _PQ_APPEND_NAME, _PQ_APPEND)
+        self._socket = _Socket(conn.pgconn)
+        await _pq_call(self._socket, "send_prepare", _PQ_APPEND_NAME, _PQ_APPEND)
         return conn
 
     async def append(self, link: Linker) -> list[dict[str, Any]]:
         try:
             conn = self._conn or await self._connect()
             self._conn = conn
-            if self._head is not None:  # fast path: one statement, one round trip, committed on return
+            if self._head is not None and self._socket is not None:
+                # fast path: one statement, one round trip, committed on return
                 seq, prev = self._head
                 rows = link(seq, prev)
                 params = _pg_params(rows, seq, prev)
-                result = await _pq_call(conn.pgconn, "send_query_prepared", _PQ_APPEND_NAME,
+                result = await _pq_call(self._socket, "send_query_prepared", _PQ_APPEND_NAME,
                                         [str(v).encode() for v in params])
                 if result.command_tuples == len(rows):
                     self._head = (rows[-1]["seq"], rows[-1]["hash"])
                     return rows
+            if self._socket is not None:
+                self._socket.disarm()  # psycopg watches the socket itself for these statements
             async with conn.transaction():  # another process moved the head (or it is unknown): lock, then append
                 row = await (await conn.execute(_PG_HEAD_LOCK)).fetchone()
                 if row is None:  # tables made without the migration's seed row
@@ -107,6 +113,9 @@ class PgAppender:
 
     async def _drop(self) -> None:
         conn, self._conn, self._head = self._conn, None, None
+        if self._socket is not None:
+            self._socket.disarm()  # before the socket closes: its number may be reused by the next one
+            self._socket = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -125,7 +134,52 @@ _PQ_APPEND_NAME = b"palisade_audit_append"
 _PQ_APPEND = _numbered(_PG_APPEND)
 
 
-async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
+class _Socket:
+    """A connection's socket, registered with the event loop once instead of once per statement: adding and
+    removing a reader around every wait cost four ``epoll_ctl`` calls (two of them failing) per append, and reading
+    before the answer could have come one more. Between statements nobody waits: a notice is read into libpq's
+    buffer; a hang-up stops the watch, and the next statement fails on the closed connection and drops it."""
+
+    __slots__ = ("loop", "pgconn", "fd", "waiter", "armed")
+
+    def __init__(self, pgconn: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pgconn = pgconn
+        self.fd: int = pgconn.socket
+        self.waiter: asyncio.Future[None] | None = None
+        self.armed = False
+
+    def arm(self) -> None:
+        if not self.armed:
+            self.loop.add_reader(self.fd, self._readable)
+            self.armed = True
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.loop.remove_reader(self.fd)
+
+    def _readable(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        try:
+            self.pgconn.consume_input()
+        except Exception:  # noqa: BLE001 - the server hung up: the next statement raises it and reconnects
+            self.disarm()
+
+    async def readable(self) -> None:
+        self.arm()
+        self.waiter = waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+
+async def _pq_call(sock: _Socket, send: str, *args: Any) -> Any:
     """One statement straight through libpq (``psycopg.pq``, the driver's own binding): send, then read its one
     result, waiting on the socket through the event loop. The fast path's append runs on every request; psycopg's
     cursor (query conversion, parameter adaptation, result objects) cost ~100 µs more CPU per call than this.
@@ -133,13 +187,13 @@ async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
     import psycopg
     from psycopg import pq
 
-    loop = asyncio.get_running_loop()
-    fd = pgconn.socket
+    pgconn = sock.pgconn
     getattr(pgconn, send)(*args)
     while pgconn.flush():  # the rest of the statement once the socket takes it (nonblocking connection)
-        await _ready(loop.add_writer, loop.remove_writer, fd)
+        await _ready(sock.loop.add_writer, sock.loop.remove_writer, sock.fd)
     results = []
     while True:
+        await sock.readable()  # nothing can have come back before the statement left: wait, then read
         pgconn.consume_input()
         while not pgconn.is_busy():
             result = pgconn.get_result()
@@ -150,7 +204,6 @@ async def _pq_call(pgconn: Any, send: str, *args: Any) -> Any:
                     raise psycopg.errors.error_from_result(results[0])
                 return results[0]
             results.append(result)
-        await _ready(loop.add_reader, loop.remove_reader, fd)
 
 
 async def _ready(add: Callable[..., Any], remove: Callable[[int], Any], fd: int) -> None:

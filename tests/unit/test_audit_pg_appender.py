@@ -4,6 +4,7 @@ statement or a lost connection leaves behind (nothing half-written; the next app
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,8 +113,14 @@ async def test_a_connection_lost_between_appends_fails_one_append_then_the_next_
         await a.append(batch(1))
         await a.append(batch(1))
         before = chain_of(db)
+        assert a._socket.armed  # the socket stays watched between appends (one registration per connection)
         with psycopg.connect(db, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (a._conn.info.backend_pid,))
+        for _ in range(100):  # the hang-up is read while nobody waits, and stops the watch (no busy loop on EOF)
+            if not a._socket.armed:
+                break
+            await asyncio.sleep(0.01)
+        assert not a._socket.armed
         with pytest.raises(psycopg.OperationalError):
             await a.append(batch(1))
         assert a._conn is None and chain_of(db) == before
