@@ -7,11 +7,12 @@ uses. Concurrent calls share the connection: each is written as it comes and ans
 answers a connection's commands.
 
 Only ``redis://`` URLs (TCP, optional user, password and database). For ``rediss://`` (TLS) or ``unix://`` the
-limiter keeps redis-py's client (``for_url`` returns None). A connection that breaks, or a call cancelled
-while its reply is pending (a timeout: the line's state is unknown), closes the connection and fails every pending
-call with ``ConnectionError``. The next call connects again. A call on a kept connection that the server had closed
-is tried once more on a new one: the limiter's scripts charge at most twice then, never less, and the
-concurrency slot is keyed by the reservation's id.
+limiter keeps redis-py's client (``for_url`` returns None). A connection that breaks, a call whose reply did not
+come within its ``timeout_s`` (TimeoutError for it), or a call cancelled while its reply is pending (the line's
+state is unknown) closes the connection and fails every other pending call with ``ConnectionError``. The next
+call connects again. A call on a kept connection that the server had closed is tried once more on a new one: the
+limiter's scripts charge at most twice then, never less, and the concurrency slot is keyed by the reservation's
+id.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class _Line(asyncio.Protocol):
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.loop = asyncio.get_running_loop()  # made by loop.create_connection: the loop the line belongs to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,6 +67,12 @@ class _Line(asyncio.Protocol):
                 waiter.set_exception(exc)
 
 
+def _expire(line: _Line, waiter: asyncio.Future[Any], timeout_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"redis did not answer within {timeout_s:g} s"))
+        line.close(RedisConnectionError("a call timed out while its reply was pending"))
+
+
 def _command(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -93,25 +101,32 @@ class RespPipe:
         return cls(kw.get("host") or "localhost", int(kw.get("port") or 6379), db=int(kw.get("db") or 0),
                    username=kw.get("username"), password=kw.get("password"), connect_timeout_s=connect_timeout_s)
 
-    async def call(self, *args: Any) -> Any:
+    async def call(self, *args: Any, timeout_s: float | None = None) -> Any:
+        """The reply to one command; with ``timeout_s``, TimeoutError if it has not come by then (the line is
+        closed: its state is unknown). The reply's own timer, one per call: ``asyncio.timeout`` around the call
+        cost a task lookup, two running-loop lookups (a ``getpid`` each on Python 3.11) and a context object."""
         line = self._line
         if line is None or line.closed:
-            return await self._send(await self._connect(), args)
+            return await self._send(await self._connect(), args, timeout_s)
         try:
-            return await self._send(line, args)
+            return await self._send(line, args, timeout_s)
         except RedisConnectionError:  # the kept line broke under this call: once more, on a new one
-            return await self._send(await self._connect(), args)
+            return await self._send(await self._connect(), args, timeout_s)
 
-    async def _send(self, line: _Line, args: tuple[Any, ...]) -> Any:
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async def _send(self, line: _Line, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
+        waiter: asyncio.Future[Any] = line.loop.create_future()
         line.pending.append(waiter)
         line.transport.write(_command(args))  # type: ignore[union-attr]
+        timer = None if timeout_s is None else line.loop.call_later(timeout_s, _expire, line, waiter, timeout_s)
         try:
             reply = await waiter
         except asyncio.CancelledError:
             if not waiter.done() or waiter.cancelled():  # no reply yet: it would still come, out of step
                 line.close(RedisConnectionError("a call was abandoned while its reply was pending"))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if isinstance(reply, ResponseError):
             if str(reply).startswith("NOSCRIPT"):
                 raise NoScriptError(str(reply))

@@ -85,6 +85,28 @@ async def test_an_abandoned_call_closes_the_line_so_no_later_call_gets_its_reply
         await pipe.aclose()
 
 
+async def test_a_call_past_its_timeout_raises_timeout_and_closes_the_line() -> None:
+    """The limiter's deadline on a script call: TimeoutError for the late call (what the limiter fails closed on);
+    the line is closed, so a call queued behind it on the kept line is tried once more on a new one."""
+    pipe = RespPipe.for_url(REDIS_TEST_URL)
+    try:
+        assert await pipe.call("PING") == b"PONG"  # a kept line
+        empty = f"resp:empty:{secrets.token_hex(4)}"
+        late = asyncio.ensure_future(pipe.call("BLPOP", empty, 2, timeout_s=0.2))
+        behind = asyncio.ensure_future(pipe.call("ECHO", "behind"))  # queued behind the late reply
+        await asyncio.sleep(0.05)
+        line = pipe._line
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await late
+        assert 0.1 < asyncio.get_running_loop().time() - started < 1.0  # its own timer, not the BLPOP's 2 s
+        assert await behind == b"behind" and line.closed
+        assert await pipe.call("ECHO", "mine", timeout_s=5) == b"mine"
+        assert pipe._line is not line and not pipe._line.pending  # the timer of an answered call was cancelled
+    finally:
+        await pipe.aclose()
+
+
 async def test_no_redis_is_a_connection_error_and_other_schemes_keep_redis_py() -> None:
     pipe = RespPipe("127.0.0.1", 1, connect_timeout_s=1)
     with pytest.raises(RedisConnectionError):
