@@ -2,11 +2,12 @@
 
 ``verify`` spends most of its time per record, so the rows come as cheaply as each database allows. On Postgres
 through psycopg (the only way the gateway talks to Postgres) they come from the raw driver: a server-side cursor
-in binary format, no SQLAlchemy row objects, and ``at`` as the integer Postgres stores (microseconds since
-2000-01-01 UTC). ``iso`` then turns that into the canonical text without a datetime per record: records written
-in the same second share the date-and-time prefix. Any other database (SQLite, the embedded default) reads
-through SQLAlchemy Core and ``at`` goes through :func:`gateway.audit.canonical.iso` as it always did. Both give
-the same ISO text for the same instant (tests/unit/test_audit_reader.py, tests/integration/test_audit_reader.py).
+in binary format, no SQLAlchemy row objects, read ahead by a thread while verify hashes the batch before, and
+``at`` as the integer Postgres stores (microseconds since 2000-01-01 UTC). ``iso`` then turns that into the
+canonical text without a datetime per record: records written in the same second share the date-and-time prefix.
+Any other database (SQLite, the embedded default) reads through SQLAlchemy Core and ``at`` goes through
+:func:`gateway.audit.canonical.iso` as it always did. Both give the same ISO text for the same instant
+(tests/unit/test_audit_reader.py, tests/integration/test_audit_reader.py).
 """
 
 from __future__ import annotations
