@@ -82,7 +82,6 @@ class PgAppender:
     async def append(self, link: Linker) -> list[dict[str, Any]]:
         try:
             conn = self._conn or await self._connect()
-            self._conn = conn
             if self._head is not None and self._socket is not None:
                 # fast path: one statement, one round trip, committed on return
                 seq, prev = self._head

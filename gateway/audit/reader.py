@@ -12,9 +12,8 @@ Any other database (SQLite, the embedded default) reads through SQLAlchemy Core 
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,53 +109,26 @@ def _postgres(engine: Engine, from_seq: int | None, to_seq: int | None) -> Itera
 
 
 @contextmanager
-def _prefetched(batches: Generator[_Batch], depth: int = 2) -> Iterator[Generator[_Batch]]:
-    """``batches``, read ahead by a thread while the caller works on the one before: Postgres produces the next
+def _prefetched(batches: Generator[_Batch]) -> Iterator[Generator[_Batch]]:
+    """``batches``, the next one read by a thread while the caller works on this one: Postgres produces the next
     rows (and the driver waits for them, the GIL released) while verify hashes these. Half of verify's time was
-    that wait. An error in the thread is raised in the caller, in order; closing the generator stops the thread."""
-    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    that wait. One worker thread does every read (and the final close), so the cursor is never used by two at once;
+    an error in a read is raised in the caller at that batch."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify-read")
 
-    def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def ahead() -> Generator[_Batch]:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
 
-    def read() -> None:
-        try:
-            for batch in batches:
-                if not put(("batch", batch)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-            put(("error", exc))
-        finally:
-            batches.close()  # in the thread that iterates it
-
-    thread = threading.Thread(target=read, name="audit-verify-read", daemon=True)
-
-    def consume() -> Generator[list[tuple[Any, ...]]]:
-        thread.start()
-        while True:
-            kind, value = out.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-
-    reader = consume()
+    reader = ahead()
     try:
         yield reader
     finally:
         reader.close()
-        stop.set()
-        if thread.is_alive():
-            thread.join()
+        pool.submit(batches.close)  # after a read still under way, in the same thread
+        pool.shutdown(wait=True)
 
 
 def pg_iso() -> Callable[[int], str]:

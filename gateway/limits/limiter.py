@@ -110,21 +110,21 @@ class _Script:
         self.fast = fast
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        if self.fast is not None:  # the limiter's own pipelined line: the reply's timer is the call's
-            try:
-                return await self.fast.call("EVALSHA", self.sha, len(keys), *keys, *args, timeout_s=self.timeout_s)
-            except NoScriptError:
-                async with asyncio.timeout(self.timeout_s):
-                    await self.redis.script_load(self.source)
-                return await self.fast.call("EVALSHA", self.sha, len(keys), *keys, *args, timeout_s=self.timeout_s)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await self._send(command)
+        except NoScriptError:
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.script_load(self.source)
+            return await self._send(command)
+
+    async def _send(self, command: tuple[Any, ...]) -> Any:
+        if self.fast is not None:  # the limiter's own pipelined line: the reply's own timer is the deadline
+            return await self.fast.call(*command, timeout_s=self.timeout_s)
         # one timer for the whole call (a client made with socket_timeout wraps every send in asyncio.wait_for,
         # a task per command)
         async with asyncio.timeout(self.timeout_s):
-            try:
-                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self.redis.script_load(self.source)
-                return await self.redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.redis.execute_command(*command)
 
 
 class RateLimiter:

@@ -142,7 +142,7 @@ def test_read_ahead_hands_over_every_batch_and_stops_with_the_reader() -> None:
 
     produced.clear()
     finished.clear()
-    with _prefetched(batches(), depth=2) as read:
+    with _prefetched(batches()) as read:
         assert next(read) == [(0,)]
     assert finished.wait(2), "the thread was left reading"
     assert len(produced) <= 5  # it read ahead by the queue's depth, not to the end
